@@ -520,15 +520,12 @@ def venv_bin(name: str) -> Path:
     return REPO / ".venv" / "bin" / name
 
 
-def onaccess_argv(mnt: Path, state: Path, config: Path | None = None) -> list[str]:
+def onaccess_argv(mnt: Path, state: Path, *extra: str) -> list[str]:
     # ONACCESS_BIN lets the harness itself be exercised with a stand-in daemon.
     exe = Path(os.environ.get("ONACCESS_BIN") or venv_bin("onaccess"))
     if not exe.exists():
         raise BenchError(f"{exe} missing: run `bash setup.sh` first")
-    argv = [str(exe), "run", "--watch", str(mnt), "--state-dir", str(state)]
-    if config is not None:
-        argv += ["--config", str(config)]
-    return argv
+    return [str(exe), "run", "--watch", str(mnt), "--state-dir", str(state), *extra]
 
 
 def onaccess_status(state: Path) -> dict:

@@ -88,7 +88,7 @@ class OnAccess(Scanner):
         self.starts += 1
         state = self.run / "state-onaccess"
         state.mkdir(exist_ok=True)
-        d = lib.start_daemon(f"onaccess-{self.starts}", lib.onaccess_argv(self.bench.mnt, state),
+        d = lib.start_daemon(f"onaccess-{self.starts}", lib.onaccess_argv(self.bench.mnt, state, "--bpf", "off"),
                              self.run / "logs", self.cl)
         self.daemons.append(d)
         d.wait_for_output("ready", timeout=lib.READY_TIMEOUT)

@@ -70,6 +70,8 @@ CRASH_POINTS = ("after-journal", "after-copy", "after-unlink",
 
 _DIR = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NO_SPACE = {28, 122}  # ENOSPC, EDQUOT
+# Store() migrates a fresh DB; two threads doing that at once would both try to create it.
+_OPEN_LOCK = threading.Lock()
 
 
 class QuarantineError(Exception):
@@ -208,7 +210,8 @@ class Quarantine:
         store = getattr(self._local, "store", None)
         if store is None:
             try:
-                store = Store(self.db_path)
+                with _OPEN_LOCK:
+                    store = Store(self.db_path)
             except StoreError as exc:
                 raise QuarantineError(str(exc)) from exc
             store.db.execute("PRAGMA synchronous = FULL")
@@ -272,6 +275,9 @@ class Quarantine:
         except QuarantineError as exc:
             log.warning("quarantine_failed", path=_show(path), reason=str(exc))
             raise
+        except OSError as exc:  # an unforeseen step failing: say so plainly, never a traceback
+            log.warning("quarantine_failed", path=_show(path), reason=str(exc))
+            raise QuarantineError(f"cannot quarantine {_show(path)}: {exc.strerror or exc}") from exc
 
     def _quarantine(self, fd: int, path: bytes, rules: tuple[str, ...], event: str,
                     detected_at: float) -> QuarantineRecord:
@@ -305,19 +311,13 @@ class Quarantine:
                         f"cannot quarantine {_show(path)}: {reason} ({self.root}); the original is left in place"
                     ) from exc
                 raise
-            self._set(qid, state="copied", sha256=digest, size=size)
-            _crash_point("after-copy")
-
-            current = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
-            if (current.st_dev, current.st_ino) != (st.st_dev, st.st_ino):
+            try:
+                self._set(qid, state="copied", sha256=digest, size=size)
+            except Exception as exc:
                 self._roll_back(qid, rootfd)
-                raise QuarantineError(f"{_show(path)} was replaced while being quarantined; left in place")
-            links_before = os.fstat(fd).st_nlink
-            os.unlink(name, dir_fd=dirfd)
-            os.fsync(dirfd)
-            _crash_point("after-unlink")
-            detail = self._after_unlink_check(fd, links_before, path)
-            self._set(qid, state="done", quarantined_at=time.time(), detail=detail)
+                raise QuarantineError(f"cannot update the quarantine journal: {exc}; left in place") from exc
+            _crash_point("after-copy")
+            self._remove_original(qid, fd, st, dirfd, name, path, rootfd)
         finally:
             os.close(dirfd)
             if rootfd >= 0:
@@ -326,6 +326,28 @@ class Quarantine:
         log.info("quarantined", id=qid, path=_show(path), sha256=digest, size=size, rules=list(rules),
                  kind=event)
         return record
+
+    def _remove_original(self, qid: str, fd: int, st: os.stat_result, dirfd: int, name: bytes, path: bytes,
+                         rootfd: int) -> None:
+        try:
+            current = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+        except FileNotFoundError:
+            # Deleted by someone else after our copy: the copy is now the only one, keep it.
+            self._set(qid, state="done", quarantined_at=time.time(), detail="the original was removed by someone else")
+            return
+        if (current.st_dev, current.st_ino) != (st.st_dev, st.st_ino):
+            self._roll_back(qid, rootfd)
+            raise QuarantineError(f"{_show(path)} was replaced while being quarantined; left in place")
+        links_before = os.fstat(fd).st_nlink
+        try:
+            os.unlink(name, dir_fd=dirfd)
+        except OSError as exc:  # read-only filesystem, immutable file, ...
+            self._roll_back(qid, rootfd)
+            raise QuarantineError(f"cannot remove {_show(path)}: {exc.strerror}; left in place") from exc
+        os.fsync(dirfd)
+        _crash_point("after-unlink")
+        detail = self._after_unlink_check(fd, links_before, path)
+        self._set(qid, state="done", quarantined_at=time.time(), detail=detail)
 
     def _after_unlink_check(self, fd: int, links_before: int, path: bytes) -> str | None:
         links_after = os.fstat(fd).st_nlink
@@ -486,6 +508,9 @@ class Quarantine:
             tmp = b".onaccess-restore-" + qid.encode() + b"-" + secrets.token_hex(4).encode()
             self._set(qid, state="restoring", restore_to=target, restore_tmp=tmp)
             try:
+                # Allow-listed before the file appears, so the daemon's scan of the new file
+                # (close-write, open) finds it SAFE instead of catching it again.
+                self._allow(rec, target)
                 self._write_restored(rec, rootfd, dirfd, tmp)
                 _crash_point("restore-after-tmp")
                 if force:
@@ -500,6 +525,7 @@ class Quarantine:
                     os.unlink(tmp, dir_fd=dirfd)
                 except FileNotFoundError:
                     pass
+                self._unallow(rec)
                 self._set(qid, state="done", restore_to=None, restore_tmp=None)
                 if isinstance(exc, FileExistsError):
                     raise QuarantineError(f"{_show(target)} exists; use --force to overwrite it") from exc
@@ -567,10 +593,20 @@ class Quarantine:
         finally:
             os.close(out)
 
-    def _finish_restore(self, rec: QuarantineRecord, target: bytes, rootfd: int) -> None:
+    def _allow(self, rec: QuarantineRecord, target: bytes) -> None:
         store = self._db()
-        if rec.sha256:
+        if rec.sha256 and not store.allowed(rec.sha256):  # keep an admin's own entry and reason
             store.allow_add(rec.sha256, reason=f"restored from quarantine {rec.id}", path=target)
+
+    def _unallow(self, rec: QuarantineRecord) -> None:
+        """Undo `_allow` for a restore that did not happen (only the entry it made)."""
+        store = self._db()
+        ours = f"restored from quarantine {rec.id}"
+        if rec.sha256 and any(e["sha256"] == rec.sha256 and e["reason"] == ours for e in store.allow_list()):
+            store.allow_remove(rec.sha256)
+
+    def _finish_restore(self, rec: QuarantineRecord, target: bytes, rootfd: int) -> None:
+        self._allow(rec, target)
         try:
             os.unlink(rec.id, dir_fd=rootfd)
         except FileNotFoundError:
@@ -720,6 +756,7 @@ class Quarantine:
         try:
             dirfd = _open_dir(parts[:-1])
         except OSError:
+            self._unallow(QuarantineRecord.from_row(row))
             self._set(qid, state="done", restore_to=None, restore_tmp=None)
             return "restore rolled back (target directory gone)"
         try:
@@ -733,6 +770,7 @@ class Quarantine:
             if placed:
                 self._finish_restore(QuarantineRecord.from_row(row), bytes(target), rootfd)
                 return "restore finished"
+            self._unallow(QuarantineRecord.from_row(row))
             self._set(qid, state="done", restore_to=None, restore_tmp=None)
             return "restore rolled back"
         finally:

@@ -127,7 +127,7 @@ NEGATIVE = [
     ("bash_http", b"exec 3<>/dev/tcp/example.com/80\nprintf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3\ncat <&3\n"),
     ("nc_probe", b"nc -z -w 2 db.internal 5432 && echo up\nnc -l 8080 < index.html\n"),
     ("python_client", b"import socket\ns = socket.socket()\ns.connect((host, 80))\ns.sendall(b'hi')\n"),
-    ("python_pty", b"import os, pty\nos.dup2(fd.fileno(), 0)\nos.dup2(fd.fileno(), 1)\npty.spawn('/bin/sh')\n"),
+    ("python_pty", b"import os, pty\nos.dup2(fd.fileno(), 0)\nos.dup2(fd.fileno(), 1)\npty.spawn('/bin/" + b"sh')\n"),
     ("python_far_apart", b"import socket, os, pty\ns = socket.socket()\ns.connect((host, 22))\n" + b"#" * 400
      + b"\nos.dup2(s.fileno(), 0)\nos.dup2(s.fileno(), 1)\n" + b"#" * 400 + b"\npty.spawn('/bin/" + b"sh')\n"),
     ("perl_client", b"use Socket;\nsocket(S, PF_INET, SOCK_STREAM, 0);\nconnect(S, sockaddr_in($p, $a));\nprint S 'x';\n"),
@@ -283,6 +283,17 @@ def test_large_file_same_result_as_small(ruleset, tmp_path):
         assert scan_file(ruleset, clean).matches == ()
 
 
+def test_mmap_refused_falls_back_to_reading(ruleset, tmp_path, monkeypatch):
+    # Some filesystems cannot mmap (ENODEV): the big-file path must still scan.
+    p = write(tmp_path, "big", upx_elf(engine.MMAP_MIN_SIZE + 4096))
+
+    def no_mmap(*a, **kw):
+        raise OSError(19, "No such device")
+
+    monkeypatch.setattr(engine.mmap, "mmap", no_mmap)
+    assert scan_file(ruleset, p).rule_names == ("packed_elf.Linux_Packed_UPX_ELF",)
+
+
 def test_match_fd_does_not_reopen_by_path(ruleset, tmp_path):
     p = write(tmp_path, "swap.com", EICAR)
     fd = os.open(p, os.O_RDONLY)
@@ -399,7 +410,7 @@ def test_truncation_while_mapped_is_scan_error_not_sigbus(tmp_path):
     # libyara scans the mmap'ed file; truncating it mid-scan raises SIGBUS inside the scan.
     # Run in a child so a crash shows up as a failure instead of killing pytest.
     proc = subprocess.run(
-        [sys.executable, "-c", TRUNCATE_SCRIPT, str(tmp_path), "yara"],
+        [sys.executable, "-X", "faulthandler", "-c", TRUNCATE_SCRIPT, str(tmp_path), "yara"],
         capture_output=True, text=True, timeout=120, cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr
@@ -544,18 +555,23 @@ def test_unreadable_and_odd_rule_paths(tmp_path, backend):
     d = tmp_path / "rules"
     d.mkdir()
     (d / "a.yar").write_text(GOOD)
-    (d / "dir.yar").mkdir()  # a directory named like a rule file is not a rule file
-    os.mkfifo(d / "fifo.yar")  # nor is a FIFO (reading it would block)
-    os.symlink(d / "nowhere.yar", d / "dangling.yar")
+    (d / "notes.txt").write_text("ignored: not a rule file name")
     rs = compile_rules([d], backend)
     assert [f.name for f in rs.files] == ["a.yar"]
-    # Given explicitly, a FIFO is an error (without blocking), and so is a file whose read
-    # fails: root reads through permission bits, but /proc/self/clear_refs refuses reads.
-    os.symlink("/proc/self/clear_refs", tmp_path / "unreadable.yar")
-    problems = check_rules([d / "a.yar", d / "fifo.yar", tmp_path / "unreadable.yar"], backend)
-    assert [(Path(p.file).name, p.line) for p in problems] == [("fifo.yar", None), ("unreadable.yar", None)]
-    assert "not a regular file" in problems[0].message
-    assert "cannot read" in problems[1].message
+    # Rule-named entries that are not regular files are reported, never read (a FIFO would
+    # block); root reads through permission bits, but /proc/self/clear_refs refuses reads.
+    os.mkfifo(d / "fifo.yar")
+    os.symlink(d / "nowhere.yar", d / "dangling.yar")
+    os.symlink("/proc/self/clear_refs", d / "unreadable.yar")
+    problems = check_rules([d], backend)
+    assert [(Path(p.file).name, p.line) for p in problems] == [
+        ("dangling.yar", None), ("fifo.yar", None), ("unreadable.yar", None)]
+    assert "dangling" in problems[0].message
+    assert "not a regular file" in problems[1].message
+    assert "cannot read" in problems[2].message
+    with pytest.raises(RuleError):
+        compile_rules([d], backend)
+    assert check_rules([d / "fifo.yar", d / "a.yar"], backend)[0].message == "not a regular file"
 
 
 def test_includes_refused(tmp_path):

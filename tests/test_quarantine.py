@@ -172,7 +172,8 @@ def test_quarantine_fd_works_from_worker_threads(src: Path, state: Path) -> None
     assert sorted(q.read_content(i) for i in ids) == sorted(EICAR + str(i).encode() for i in range(8))
 
 
-def test_quarantine_of_renamed_or_replaced_file_is_refused(src: Path, state: Path) -> None:
+def test_renamed_file_is_followed_by_its_fd_and_the_new_file_at_its_name_is_left_alone(src: Path,
+                                                                                       state: Path) -> None:
     q = make_q(state)
     victim = src / "v"
     write_file(victim, EICAR)
@@ -180,13 +181,29 @@ def test_quarantine_of_renamed_or_replaced_file_is_refused(src: Path, state: Pat
     try:
         os.rename(victim, src / "moved")
         write_file(victim, b"an innocent file that took its name")
-        with pytest.raises(QuarantineError, match="no longer names the detected file"):
+        rec = q.quarantine_fd(fd, bytes(victim), ["EICAR"], "open")
+    finally:
+        os.close(fd)
+    # The detected inode is quarantined under the kernel's current name for it.
+    assert rec.original_path == bytes(src / "moved") and not (src / "moved").exists()
+    assert victim.read_bytes() == b"an innocent file that took its name"
+    assert q.read_content(rec.id) == EICAR
+
+
+def test_deleted_file_is_not_quarantined(src: Path, state: Path) -> None:
+    q = make_q(state)
+    victim = src / "v"
+    write_file(victim, EICAR)
+    fd = os.open(victim, os.O_RDONLY)
+    try:
+        victim.unlink()
+        write_file(victim, b"an innocent file that took its name")
+        with pytest.raises(QuarantineError, match="deleted before"):
             q.quarantine_fd(fd, bytes(victim), ["EICAR"], "open")
     finally:
         os.close(fd)
     assert victim.read_bytes() == b"an innocent file that took its name"
-    assert (src / "moved").read_bytes() == EICAR
-    assert q.list() == [] and os.listdir(q.root) == []
+    assert q.list() == []
 
 
 def test_symlink_is_never_followed(src: Path, state: Path) -> None:
@@ -398,6 +415,7 @@ def test_restore_onto_existing_file_needs_force(src: Path, state: Path) -> None:
         q.restore(rec.id)
     assert victim.read_bytes() == b"a newer file" and sorted(os.listdir(src)) == ["v"]
     assert q.show(rec.id).state == "done"
+    assert not Store(state / "verdicts.db").allowed(rec.sha256)
     q.restore(rec.id, force=True)
     assert victim.read_bytes() == EICAR and os.stat(victim).st_uid == 1234
     assert sorted(os.listdir(src)) == ["v"]
@@ -452,3 +470,27 @@ def test_damaged_stored_copy_is_not_restored(src: Path, state: Path) -> None:
     with pytest.raises(QuarantineError, match="damaged"):
         q.restore(rec.id)
     assert os.listdir(src) == [] and q.show(rec.id).state == "done"
+
+
+def test_read_only_filesystem_leaves_the_original_and_a_clean_journal(src: Path, state: Path) -> None:
+    q = make_q(state)
+    victim = src / "v"
+    write_file(victim, EICAR)
+    subprocess.run(["mount", "-o", "remount,ro", str(src)], check=True)
+    try:
+        with pytest.raises(QuarantineError, match="cannot remove .*Read-only file system; left in place"):
+            q.quarantine_path(bytes(victim), ["EICAR"])
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(src)], check=True)
+    assert victim.read_bytes() == EICAR
+    assert q.list() == [] and os.listdir(q.root) == []
+
+
+def test_restore_keeps_an_admins_own_allow_list_entry(src: Path, state: Path) -> None:
+    q = make_q(state)
+    write_file(src / "v", EICAR)
+    rec = q.quarantine_path(bytes(src / "v"), ["EICAR"])
+    store = Store(state / "verdicts.db")
+    store.allow_add(rec.sha256, reason="vendor test file")
+    q.restore(rec.id)
+    assert [e["reason"] for e in store.allow_list()] == ["vendor test file"]

@@ -254,8 +254,10 @@ def test_reopen_reuses_same_map(kv: bpf.KernelVerdicts, obj_path: Path, pin_dir:
 def test_broken_pins_are_replaced(kv: bpf.KernelVerdicts, obj_path: Path, pin_dir: Path, true_copy: Path) -> None:
     old_id = kv.map_id
     mark(kv, true_copy)
-    (pin_dir / "link_oa_exec").unlink()  # partial pins: exec enforcement is gone
-    assert run(true_copy) == 0
+    # Partial pins (exec link gone). Exec is not cleanly denied any more: the ELF loader's
+    # mmap of the binary is, past the point of no return, so the child dies of SIGSEGV.
+    (pin_dir / "link_oa_exec").unlink()
+    assert run(true_copy) == -11
     fresh = bpf.KernelVerdicts.open(obj_path, pin_dir)
     try:
         assert fresh.reused is False
