@@ -25,6 +25,7 @@ import hashlib
 import os
 import signal
 import socket
+import sqlite3
 import stat
 import sys
 import time
@@ -248,8 +249,8 @@ class Daemon:
             log.warning("blocked_in_kernel", hook=block.hook, pid=block.pid, tgid=block.tgid, uid=block.uid,
                         comm=block.comm, dev=block.dev, ino=block.ino,
                         path=os.fsdecode(path) if path else None)
-            self.store.add_event(f"kernel-{block.hook}", "dangerous", "denied", path=path, pid=block.tgid,
-                                 uid=block.uid, exe=block.comm)
+            self._db("add_event", self.store.add_event, f"kernel-{block.hook}", "dangerous", "denied", path=path,
+                     pid=block.tgid, uid=block.uid, exe=block.comm)
 
     # --- reading events -------------------------------------------------------------------
     def _on_readable(self) -> None:
@@ -505,7 +506,7 @@ class Daemon:
             for p in waiters:  # answer first
                 self._reply(p, safe, "scanned")
             self.cache.put(verdict)
-            self.store.record(verdict, job.path, outcome.sha256)
+            self._db("record", self.store.record, verdict, job.path, outcome.sha256)
             if self.kernel is not None:
                 self._kernel_put(job.fd, verdict)
             if safe:
@@ -534,8 +535,15 @@ class Daemon:
     def _report_denial(self, kind: str, pid: int, path: bytes | None, rules: tuple[str, ...], how: str) -> None:
         exe = _exe_of(pid)
         log.warning("access_denied", kind=kind, pid=pid, exe=exe, path=_decode(path), rules=list(rules), how=how)
-        self.store.add_event(kind, "dangerous", "denied" if how != "detected" else "detected",
-                             path=path, pid=pid, uid=_uid_of(pid), exe=exe, rules=rules, detail=how)
+        self._db("add_event", self.store.add_event, kind, "dangerous", "denied" if how != "detected" else "detected",
+                 path=path, pid=pid, uid=_uid_of(pid), exe=exe, rules=rules, detail=how)
+
+    def _db(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+        """A DB write after the answer: a full disk or locked DB costs history, never a reply."""
+        try:
+            fn(*args, **kwargs)
+        except sqlite3.Error as exc:
+            log.error("db_write_failed", op=what, error=str(exc), db=str(self.cfg.db_path))
 
     def _act(self, fd: int, path: bytes | None, rules: tuple[str, ...], kind: str, pid: int, action: str) -> None:
         """Action thread: quarantine and the notification hook, after the kernel was answered."""

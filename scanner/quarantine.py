@@ -42,6 +42,7 @@ Test hook: ONACCESS_QUARANTINE_CRASH_AT=<point> SIGKILLs the process at that poi
 from __future__ import annotations
 
 import base64
+import builtins
 import hashlib
 import json
 import os
@@ -647,9 +648,9 @@ class Quarantine:
         return len(rows)
 
     # --- recovery -------------------------------------------------------------------------
-    def recover(self) -> list[str]:
+    def recover(self) -> builtins.list[str]:
         """At daemon start: finish or roll back every interrupted move; ids touched."""
-        touched: list[str] = []
+        touched: builtins.list[str] = []
         rootfd = self._root_fd()
         try:
             rows = list(self._table().rows_where("state != 'done'"))
@@ -709,16 +710,16 @@ class Quarantine:
                     self._roll_back(qid, rootfd)  # the original is intact: it stays the one copy
                     return "rolled back: stored copy did not verify"
                 # Keep the damaged copy: it may be all that is left of the detected file.
-                detail = "the stored copy does not verify"
-                self._set(qid, state="done", quarantined_at=time.time(), detail=detail)
+                damaged = "the stored copy does not verify"
+                self._set(qid, state="done", quarantined_at=time.time(), detail=damaged)
                 log.error("quarantine_copy_damaged", id=qid, path=_show(path))
-                return f"finished: {detail}"
+                return f"finished: {damaged}"
             if entry == "same" and self._content_digest(dirfd, parts[-1]) == row["sha256"]:
                 os.unlink(parts[-1], dir_fd=dirfd)
                 os.fsync(dirfd)
                 self._set(qid, state="done", quarantined_at=time.time())
                 return "finished: original removed"
-            detail = None
+            detail: str | None = None
             if entry != "absent":
                 detail = "the original was changed or replaced before removal and was left in place"
             self._set(qid, state="done", quarantined_at=time.time(), detail=detail)

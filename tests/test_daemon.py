@@ -303,3 +303,27 @@ def test_excluded_path_and_uid(tmpfs: Path, daemon_factory) -> None:
     assert r.returncode == 0 and r.stdout == EICAR
     assert try_open(tmpfs / "e2") == errno.EPERM
     assert d.status()["denials"] >= 1
+
+
+def test_full_disk_for_the_db_costs_history_not_answers(tmpfs: Path, tmp_path: Path) -> None:
+    state_mnt = mount_tmpfs("1m")
+    try:
+        d = start_daemon([tmpfs], state_mnt / "state", {"log_file": str(tmp_path / "oa.log")})
+        try:
+            filler = state_mnt / "filler"
+            with open(filler, "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * 65536)
+                except OSError:
+                    pass
+            for i in range(30):
+                write_eicar(tmpfs / f"e{i}")
+                assert try_open(tmpfs / f"e{i}") == errno.EPERM
+            assert try_open(tmpfs / "e0") == errno.EPERM  # from the LRU
+            assert any(e["event"] == "db_write_failed" for e in d.log_events())
+            assert d.status()["pending"] == 0
+        finally:
+            d.stop()
+    finally:
+        umount(state_mnt)

@@ -216,6 +216,7 @@ def test_negative_sample_through_fd(ruleset, tmp_path, sample):
 
 
 def test_backends_give_identical_matches(both, tmp_path):
+    assert both["yara"].rules() == both["boreal"].rules()
     for name, data, _ in POSITIVE:
         p = write(tmp_path, name, data)
         ry, rb = scan_file(both["yara"], p), scan_file(both["boreal"], p)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -34,7 +35,7 @@ def _root() -> None:
 
 
 @contextlib.contextmanager
-def tmpfs(size: str = "16m") -> Iterator[Path]:
+def mounted_tmpfs(size: str = "16m") -> Iterator[Path]:
     mnt = Path(tempfile.mkdtemp(prefix="onaccess-qtest-"))
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mnt)], check=True)
     try:
@@ -47,7 +48,7 @@ def tmpfs(size: str = "16m") -> Iterator[Path]:
 @pytest.fixture
 def src() -> Iterator[Path]:
     """The 'watched' filesystem the detected files live on."""
-    with tmpfs() as mnt:
+    with mounted_tmpfs() as mnt:
         yield mnt
 
 
@@ -343,7 +344,7 @@ def test_full_disk_fails_cleanly(db_on_full_fs: bool, src: Path, tmp_path: Path)
     victim = src / "big"
     data = EICAR + os.urandom(2 << 20)
     before = write_file(victim, data)
-    with tmpfs("1m") as small:
+    with mounted_tmpfs("1m") as small:
         db = (small if db_on_full_fs else tmp_path) / "verdicts.db"
         q = Quarantine(db, small / "quarantine")
         with pytest.raises(QuarantineError, match="quarantine storage is full.*original is left in place"):
@@ -494,3 +495,106 @@ def test_restore_keeps_an_admins_own_allow_list_entry(src: Path, state: Path) ->
     store.allow_add(rec.sha256, reason="vendor test file")
     q.restore(rec.id)
     assert [e["reason"] for e in store.allow_list()] == ["vendor test file"]
+
+
+
+# --- with the daemon: the issue's acceptance, end to end ------------------------------------------
+ALL_QUARANTINE = {"exec": "quarantine", "open": "quarantine", "write": "quarantine", "on-demand": "quarantine"}
+
+
+def wait_until(predicate, timeout: float = 15.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        time.sleep(0.05)
+
+
+def cli_json(d, *args: str | bytes):  # type: ignore[no-untyped-def]
+    r = d.cli(*args, "--json", check=False)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_daemon_quarantines_detection_and_restore_is_allowed(src: Path, tmp_path: Path, daemon_factory) -> None:
+    from oatest import try_open
+
+    hook_out = tmp_path / "hook.json"
+    hook = f"{sys.executable} -c \"import sys; open({str(hook_out)!r}, 'w').write(sys.stdin.read())\""
+    d = daemon_factory([src], {"actions": ALL_QUARANTINE, "on_detect": hook})
+    victim = src / "eicar.com"
+    before = write_file(victim, EICAR, mode=0o755)
+    try_open(victim)  # whichever event catches it (close-write or this open), it is quarantined
+    wait_until(lambda: not victim.exists(), what="original removed by the daemon")
+
+    [item] = cli_json(d, "quarantine", "list")
+    assert item["original_path"] == str(victim) and item["sha256"] == hashlib.sha256(EICAR).hexdigest()
+    assert item["state"] == "done" and item["rules"]
+    wait_until(lambda: hook_out.exists() and hook_out.stat().st_size > 0, what="hook output")
+    event = json.loads(hook_out.read_text())
+    assert event["quarantine_id"] == item["id"] and event["path"] == str(victim)
+
+    restored = cli_json(d, "quarantine", "restore", item["id"])
+    assert restored["restored_to"] == str(victim)
+    after = os.stat(victim)
+    assert (after.st_uid, after.st_gid, after.st_mode, after.st_mtime_ns) == (
+        1234, 1234, before.st_mode, before.st_mtime_ns)
+    assert try_open(victim) == 0  # allow-listed: SAFE without a scan
+    time.sleep(1.0)  # give a wrong re-detection time to happen
+    assert victim.read_bytes() == EICAR and cli_json(d, "quarantine", "list") == []
+
+
+def test_daemon_killed_between_copy_and_unlink_recovers_on_restart(src: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from oatest import start_daemon, try_open
+
+    state_dir = tmp_path / "state"  # root fs: the move from tmpfs is cross-filesystem
+    victim = src / "eicar.bin"
+    data = EICAR + os.urandom(1 << 20)
+    write_file(victim, data)
+    settings = {"actions": ALL_QUARANTINE}
+    monkeypatch.setenv(CRASH_ENV, "after-copy")
+    d = start_daemon([src], state_dir, settings)
+    try:
+        try_open(victim)  # answered (denied) before the action thread kills the daemon
+        d.proc.wait(timeout=30)
+        assert d.proc.returncode == -signal.SIGKILL
+    finally:
+        d.stop(signal.SIGKILL)
+    monkeypatch.delenv(CRASH_ENV)
+    q = make_q(state_dir)
+    [row] = q.list()
+    assert row.state == "copied" and victim.exists() and (q.root / row.id).exists()  # two copies right now
+
+    d = start_daemon([src], state_dir, settings)  # recover() runs at start
+    try:
+        [item] = cli_json(d, "quarantine", "list")
+        assert item["state"] == "done"
+        assert not victim.exists()
+        assert copies_of(data, q, src) == 1 and q.read_content(item["id"]) == data
+    finally:
+        d.stop()
+
+
+def test_daemon_full_quarantine_disk_still_denies_and_keeps_original(src: Path, daemon_factory) -> None:
+    import errno
+
+    from oatest import try_open
+
+    with mounted_tmpfs("3m") as small:
+        d = daemon_factory([src], {"actions": ALL_QUARANTINE}, state_dir=small / "state")
+        try:
+            victim = src / "big"
+            data = EICAR + os.urandom(4 << 20)
+            write_file(victim, data)
+            assert try_open(victim) == errno.EPERM
+            wait_until(lambda: any(e.get("event") == "quarantine_failed" for e in d.log_events()),
+                       what="quarantine_failed logged")
+            failed = [e for e in d.log_events() if e.get("event") == "quarantine_failed"]
+            assert "full" in json.dumps(failed)
+            assert victim.read_bytes() == data
+            assert try_open(victim) == errno.EPERM  # still denied afterwards
+            assert cli_json(d, "quarantine", "list") == []
+            assert os.listdir(small / "state" / "quarantine") == []
+        finally:
+            d.stop()

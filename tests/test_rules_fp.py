@@ -2,7 +2,7 @@
 
 A false positive on a system binary would block it: an outage. Scans every regular file under
 the system binary and library directories (plus the interpreters' script libraries, where the
-script rules could misfire, and this checkout itself) with the default yara backend.
+script rules could misfire, and this checkout's code) with both backends.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import stat
 import time
 from pathlib import Path
 
-from scanner.engine import ScanError, compile_rules
+import pytest
+
+from scanner.engine import BACKENDS, ScanError, compile_rules
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_SIZE = 64 << 20
@@ -68,12 +70,13 @@ def scan_tree(rs, roots):
     return scanned, skipped, hits, errors
 
 
-def test_bundled_rules_do_not_flag_system_files():
-    rs = compile_rules([REPO / "rules"], backend="yara")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bundled_rules_do_not_flag_system_files(backend):
+    rs = compile_rules([REPO / "rules"], backend=backend)
     t = time.monotonic()
     scanned, skipped, hits, errors = scan_tree(rs, SYSTEM_DIRS)
     elapsed = time.monotonic() - t
-    print(f"system dirs: scanned={scanned} skipped={skipped} errors={len(errors)} in {elapsed:.1f}s")
+    print(f"{backend}: system dirs: scanned={scanned} skipped={skipped} errors={len(errors)} in {elapsed:.1f}s")
     assert hits == [], "false positives:\n" + "\n".join(hits)
     assert scanned > 1000
     # root reads everything here; an error would hide a file from the check
