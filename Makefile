@@ -44,14 +44,14 @@ $(BUILD)/src.stamp: $(PKG_INPUTS)
 	packaging/export-src.sh $(BUILD)/src
 	touch $@
 
-$(ROOT)/.stamp: $(BUILD)/src.stamp $(BPF_OBJECT)
+$(BUILD)/root.stamp: $(BUILD)/src.stamp $(BPF_OBJECT)
 	PYTHON=$(PYTHON) packaging/stage.sh $(BUILD)/src $(ROOT) $(BUILD)/wheelhouse $(BPF_OBJECT)
 	touch $@
 
-$(DEB): $(ROOT)/.stamp
+$(DEB): $(BUILD)/root.stamp
 	packaging/build-deb.sh $(BUILD)/src $(ROOT) $(BUILD)/deb $(VERSION) $(DIST)
 
-$(RPM): $(ROOT)/.stamp
+$(RPM): $(BUILD)/root.stamp
 	packaging/build-rpm.sh $(BUILD)/src $(ROOT) $(BUILD)/rpm $(VERSION) $(RPM_RELEASE) $(DIST)
 
 clean:

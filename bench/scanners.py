@@ -51,6 +51,7 @@ class Scanner:
     def version(self) -> str: return ""
     def start(self) -> None: ...
     def test_file(self) -> Path | None: return None
+    def status(self) -> dict | None: return None
 
     def check_blocks(self) -> dict[str, int] | None:
         path = self.test_file()
@@ -93,6 +94,9 @@ class OnAccess(Scanner):
         self.daemons.append(d)
         d.wait_for_output("ready", timeout=lib.READY_TIMEOUT)
         self.state = state
+
+    def status(self) -> dict:
+        return lib.onaccess_status(self.state)
 
     def test_file(self) -> Path:
         # Written while the daemon runs, so the daemon has to catch it itself.

@@ -49,6 +49,11 @@ fi
 # What a running scanner does not need: the installers, the activate scripts.
 "${pip[@]}" uninstall -y pip setuptools
 rm -f "$venv"/bin/activate* "$venv"/bin/Activate.ps1
+# Console scripts of the dependencies (sqlite-utils, tabulate): the scanner only imports them.
+for f in "$venv"/bin/*; do
+    case ${f##*/} in onaccess|python|python3|python3.11) ;; *) rm -f "$f" ;; esac
+done
+rmdir "$venv/include/python3.11" "$venv/include"
 find "$venv" -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # Relocate: scripts and pyvenv.cfg name the staging path; make them name /opt/onaccess.

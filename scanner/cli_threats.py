@@ -17,6 +17,9 @@ import time
 from datetime import datetime
 from typing import Any, Callable, Sequence
 
+import structlog
+
+from . import log as log_mod
 from .cliutil import EXIT_OK, CliError, emit, load_config
 from .config import Config
 from .quarantine import Quarantine, QuarantineError, QuarantineRecord
@@ -105,11 +108,19 @@ def _positive_int(text: str) -> int:
 
 
 # --- helpers ----------------------------------------------------------------------------------
+def _logs_to_stderr() -> None:
+    """structlog's defaults print to stdout, which would corrupt --json output."""
+    if not structlog.is_configured():
+        log_mod.setup("warning")
+
+
 def _quarantine(cfg: Config) -> Quarantine:
+    _logs_to_stderr()
     return Quarantine(cfg.db_path, cfg.quarantine_dir)
 
 
 def _store(cfg: Config) -> Store:
+    _logs_to_stderr()
     try:
         return Store(cfg.db_path)
     except StoreError as exc:

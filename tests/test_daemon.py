@@ -327,3 +327,23 @@ def test_full_disk_for_the_db_costs_history_not_answers(tmpfs: Path, tmp_path: P
             d.stop()
     finally:
         umount(state_mnt)
+
+
+def test_without_bpf_lsm_the_daemon_warns_and_protects(tmpfs: Path, tmp_path: Path, daemon_factory) -> None:
+    """This host refuses BPF LSM programs: `auto` falls back with one warning, `require` refuses."""
+    from scanner import bpf
+
+    need_fallback = not bpf.probe()["bpf_lsm"]
+    if not need_fallback:
+        pytest.skip("this kernel has BPF LSM: the fallback is exercised where it is missing")
+    pins = str(Path("/sys/fs/bpf") / "onaccess-hosttest")
+    d = daemon_factory([tmpfs], {"bpf": "auto", "bpf_pin_dir": pins})
+    s = d.status()
+    assert s["mode"] == "fanotify-only" and s["mode_reason"]
+    warnings = [e for e in d.log_events() if e["event"] == "bpf_unavailable"]
+    assert len(warnings) == 1 and warnings[0]["reason"] == s["mode_reason"]
+    write_eicar(tmpfs / "e")
+    assert try_open(tmpfs / "e") == errno.EPERM
+    with pytest.raises(AssertionError) as info:
+        start_daemon([tmpfs], tmp_path / "req", {"bpf": "require", "bpf_pin_dir": pins})
+    assert "BPF LSM fast path required" in str(info.value)

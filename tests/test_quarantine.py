@@ -530,9 +530,13 @@ def test_daemon_quarantines_detection_and_restore_is_allowed(src: Path, tmp_path
     [item] = cli_json(d, "quarantine", "list")
     assert item["original_path"] == str(victim) and item["sha256"] == hashlib.sha256(EICAR).hexdigest()
     assert item["state"] == "done" and item["rules"]
-    wait_until(lambda: hook_out.exists() and hook_out.stat().st_size > 0, what="hook output")
-    event = json.loads(hook_out.read_text())
-    assert event["quarantine_id"] == item["id"] and event["path"] == str(victim)
+    def hook_events() -> list[dict]:
+        text = hook_out.read_text() if hook_out.exists() else ""
+        return [json.loads(line) for line in text.splitlines() if line.endswith("}")]
+
+    wait_until(lambda: any(e.get("quarantine_id") == item["id"] for e in hook_events()), what="hook run")
+    [event] = [e for e in hook_events() if e.get("quarantine_id") == item["id"]]
+    assert event["path"] == str(victim) and event["verdict"] == "dangerous" and event["rules"] == item["rules"]
 
     restored = cli_json(d, "quarantine", "restore", item["id"])
     assert restored["restored_to"] == str(victim)
