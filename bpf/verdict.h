@@ -35,7 +35,8 @@ struct verdict_value {
 struct verdict_config {
 	__u64 generation;   /* current rules generation; entries with another one are ignored */
 	__u32 exempt_tgid;  /* the daemon (global pid namespace); 0 = nobody */
-	__u32 _pad;
+	__u32 obj_tag;      /* loader-written, unused here: first 4 bytes of sha256(verdict.bpf.o),
+	                     * so a daemon of another build replaces the pinned programs */
 };
 
 /* Ring-buffer record, one per denial. */

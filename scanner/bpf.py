@@ -23,6 +23,8 @@ import ctypes
 import ctypes.util
 import errno as errno_mod
 import fcntl
+import functools
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +76,7 @@ class VerdictConfig(ctypes.Structure):
     _fields_ = [
         ("generation", ctypes.c_uint64),
         ("exempt_tgid", ctypes.c_uint32),
-        ("_pad", ctypes.c_uint32),
+        ("obj_tag", ctypes.c_uint32),
     ]
 
 
@@ -229,6 +231,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_map__name": (ctypes.c_char_p, [ctypes.c_void_p]),
     "bpf_map__fd": (ctypes.c_int, [ctypes.c_void_p]),
     "bpf_map__pin": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p]),
+    "bpf_map__reuse_fd": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]),
     "bpf_obj_get": (ctypes.c_int, [ctypes.c_char_p]),
     "bpf_obj_get_info_by_fd": (
         ctypes.c_int,
@@ -306,7 +309,8 @@ def _map_info(fd: int) -> _MapInfo:
     return info
 
 
-def _kernel_hooks(hooks: list[str]) -> dict[str, bool]:
+@functools.lru_cache(maxsize=4)
+def _kernel_hooks(hooks: tuple[str, ...]) -> dict[str, bool]:
     """Which LSM hooks the running kernel has (bpf_lsm_<hook> in vmlinux BTF)."""
     lib = libbpf()
     btf = lib.btf__load_vmlinux_btf()
@@ -396,9 +400,13 @@ def _iter_progs(obj: int):
 class KernelVerdicts:
     """Verdicts in the kernel: map writes by fd, ring-buffer drain. Pins outlive this object."""
 
-    def __init__(self, pin_dir: Path, fds: dict[str, int], reused: bool, programs: list[_Prog]):
+    def __init__(
+        self, pin_dir: Path, fds: dict[str, int], reused: bool, programs: list[_Prog],
+        upgraded: bool = False,
+    ):
         self.pin_dir = pin_dir
-        self.reused = reused
+        self.reused = reused  # the pinned maps (and their verdicts) were kept
+        self.upgraded = upgraded  # ... but the programs were replaced by this object's build
         self._fds = fds
         self.programs = programs  # the programs attached on this kernel
         self.map_id: int = _map_info(fds[MAP_VERDICTS]).id
@@ -427,7 +435,7 @@ class KernelVerdicts:
         if not Path(obj_path).is_file():
             raise BpfUnavailable(f"BPF object missing: {obj_path} (run bpf/build.sh)")
         progs = object_programs(Path(obj_path))
-        present = _kernel_hooks([p.hook for p in progs])
+        present = _kernel_hooks(tuple(p.hook for p in progs))
         wanted = [p for p in progs if present[p.hook]]
         for p in progs:
             if not present[p.hook]:
@@ -439,45 +447,54 @@ class KernelVerdicts:
             pass
         except OSError as exc:
             raise BpfUnavailable(f"cannot create {pin_dir}: {exc.strerror}") from exc
+        tag = _obj_tag(Path(obj_path))
         lock = os.open(pin_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             # Two daemons starting at once must not both load a copy.
             fcntl.flock(lock, fcntl.LOCK_EX)
-            fds = _reuse_pins(pin_dir, wanted)
-            if fds is not None:
-                log.info("bpf_pins_reused", pin_dir=str(pin_dir))
-                return cls(pin_dir, fds, True, wanted)
-            if any(pin_dir.iterdir()):
-                log.warning("bpf_pins_broken", pin_dir=str(pin_dir), action="reload")
-                _remove_pins(pin_dir, keep_dir=True)
-            fds = _load_and_pin(Path(obj_path), pin_dir, wanted)
-            log.info("bpf_loaded", pin_dir=str(pin_dir), programs=[p.hook for p in wanted])
-            return cls(pin_dir, fds, False, wanted)
-        except BpfUnavailable:
-            _remove_pins(pin_dir, keep_dir=False)
-            raise
+            return cls._open_locked(Path(obj_path), pin_dir, wanted, tag)
         finally:
             os.close(lock)
+
+    @classmethod
+    def _open_locked(cls, obj_path: Path, pin_dir: Path, wanted: list[_Prog], tag: int) -> "KernelVerdicts":
+        fds = _reuse_pins(pin_dir, wanted)
+        if fds is not None:
+            try:
+                pinned_tag = _read_config(fds[MAP_CONFIG]).obj_tag
+                if pinned_tag == tag:
+                    log.info("bpf_pins_reused", pin_dir=str(pin_dir))
+                    return cls(pin_dir, fds, True, wanted)
+                # Another build is pinned: swap its programs for ours, keep maps and verdicts.
+                # On failure the old programs stay attached and enforcing.
+                new_fds = _load_and_pin(obj_path, pin_dir, wanted, reuse=fds)
+            finally:
+                for fd in fds.values():
+                    os.close(fd)
+            _write_obj_tag(new_fds[MAP_CONFIG], tag)
+            log.info("bpf_programs_upgraded", pin_dir=str(pin_dir), old_tag=pinned_tag, new_tag=tag)
+            return cls(pin_dir, new_fds, True, wanted, upgraded=True)
+        if any(pin_dir.iterdir()):
+            log.warning("bpf_pins_broken", pin_dir=str(pin_dir), action="reload")
+            _remove_pins(pin_dir, keep_dir=True)
+        try:
+            fds = _load_and_pin(obj_path, pin_dir, wanted)
+            _write_obj_tag(fds[MAP_CONFIG], tag)
+        except (BpfUnavailable, OSError) as exc:
+            _remove_pins(pin_dir, keep_dir=False)
+            if isinstance(exc, BpfUnavailable):
+                raise
+            raise BpfUnavailable(f"setting up {pin_dir} failed: {exc}") from exc
+        log.info("bpf_loaded", pin_dir=str(pin_dir), programs=[p.hook for p in wanted])
+        return cls(pin_dir, fds, False, wanted)
 
     # -- config
 
     def _config(self) -> VerdictConfig:
-        cfg = VerdictConfig()
-        key = ctypes.c_uint32(0)
-        _check(
-            libbpf().bpf_map_lookup_elem(self._fds[MAP_CONFIG], ctypes.byref(key), ctypes.byref(cfg)),
-            "config lookup",
-        )
-        return cfg
+        return _read_config(self._fds[MAP_CONFIG])
 
     def _set_config(self, cfg: VerdictConfig) -> None:
-        key = ctypes.c_uint32(0)
-        _check(
-            libbpf().bpf_map_update_elem(
-                self._fds[MAP_CONFIG], ctypes.byref(key), ctypes.byref(cfg), BPF_ANY
-            ),
-            "config update",
-        )
+        _write_config(self._fds[MAP_CONFIG], cfg)
 
     def config(self) -> tuple[int, int]:
         """(generation, exempt_tgid) as the kernel sees them."""
@@ -544,6 +561,8 @@ class KernelVerdicts:
 
     def consume(self) -> list[KernelBlock]:
         """Drain the ring buffer without blocking."""
+        if not self._rb:
+            raise ValueError("KernelVerdicts is closed")
         _check(libbpf().ring_buffer__consume(self._rb), "ring_buffer__consume")
         raw, self._pending = self._pending, []
         return [KernelBlock.from_record(r) for r in raw]
@@ -584,6 +603,31 @@ class KernelVerdicts:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _obj_tag(obj_path: Path) -> int:
+    return int.from_bytes(hashlib.sha256(obj_path.read_bytes()).digest()[:4], "little")
+
+
+def _read_config(fd: int) -> VerdictConfig:
+    cfg = VerdictConfig()
+    key = ctypes.c_uint32(0)
+    _check(libbpf().bpf_map_lookup_elem(fd, ctypes.byref(key), ctypes.byref(cfg)), "config lookup")
+    return cfg
+
+
+def _write_config(fd: int, cfg: VerdictConfig) -> None:
+    key = ctypes.c_uint32(0)
+    _check(
+        libbpf().bpf_map_update_elem(fd, ctypes.byref(key), ctypes.byref(cfg), BPF_ANY),
+        "config update",
+    )
+
+
+def _write_obj_tag(fd: int, tag: int) -> None:
+    cfg = _read_config(fd)
+    cfg.obj_tag = tag
+    _write_config(fd, cfg)
 
 
 # --- pins ------------------------------------------------------------------------------------
@@ -627,13 +671,23 @@ def _reuse_pins(pin_dir: Path, progs: list[_Prog]) -> dict[str, int] | None:
                 os.close(fd)
 
 
-def _load_and_pin(obj_path: Path, pin_dir: Path, progs: list[_Prog]) -> dict[str, int]:
+def _load_and_pin(
+    obj_path: Path, pin_dir: Path, progs: list[_Prog], reuse: dict[str, int] | None = None
+) -> dict[str, int]:
+    """Load the object, attach and pin; returns fds of the three maps.
+
+    With reuse (fds of pinned maps), the programs are built against those maps, so verdicts
+    survive, and each new link is pinned beside the old one and renamed over it: the old link
+    detaches only once the new one is attached, so enforcement never lapses.
+    """
     lib = libbpf()
     _recent_warnings.clear()
     obj = lib.bpf_object__open_file(os.fsencode(obj_path), None)
     if not obj:
         raise BpfUnavailable(f"cannot open BPF object {obj_path}: {os.strerror(ctypes.get_errno())}")
     links: list[int] = []
+    fds: dict[str, int] = {}
+    ok = False
     try:
         names = {p.name for p in progs}
         p = lib.bpf_object__next_program(obj, None)
@@ -641,23 +695,28 @@ def _load_and_pin(obj_path: Path, pin_dir: Path, progs: list[_Prog]) -> dict[str
             if lib.bpf_program__name(p).decode() not in names:
                 lib.bpf_program__set_autoload(p, False)
             p = lib.bpf_object__next_program(obj, p)
+        maps: dict[str, int] = {}
+        m = lib.bpf_object__next_map(obj, None)
+        while m:
+            maps[lib.bpf_map__name(m).decode()] = m
+            m = lib.bpf_object__next_map(obj, m)
+        missing = set(_EXPECTED_MAPS) - set(maps)
+        if missing:
+            raise BpfUnavailable(f"BPF object {obj_path} lacks maps {sorted(missing)}")
+        for name, fd in (reuse or {}).items():
+            rc = lib.bpf_map__reuse_fd(maps[name], fd)
+            if rc < 0:
+                raise BpfUnavailable(f"reusing pinned map {name} failed: {_errname(-rc)}")
         rc = lib.bpf_object__load(obj)
         if rc < 0:
             detail = f" ({_recent_warnings[-1]})" if _recent_warnings else ""
             raise BpfUnavailable(f"program load failed: {_errname(-rc)}{detail}")
-        fds: dict[str, int] = {}
-        m = lib.bpf_object__next_map(obj, None)
-        while m:
-            name = lib.bpf_map__name(m).decode()
-            if name in _EXPECTED_MAPS:
-                rc = lib.bpf_map__pin(m, os.fsencode(pin_dir / name))
+        for name in _EXPECTED_MAPS:
+            if reuse is None:
+                rc = lib.bpf_map__pin(maps[name], os.fsencode(pin_dir / name))
                 if rc < 0:
                     raise BpfUnavailable(f"pinning map {name} failed: {_errname(-rc)}")
-                fds[name] = os.dup(lib.bpf_map__fd(m))
-            m = lib.bpf_object__next_map(obj, m)
-        missing = set(_EXPECTED_MAPS) - set(fds)
-        if missing:
-            raise BpfUnavailable(f"BPF object {obj_path} lacks maps {sorted(missing)}")
+            fds[name] = os.dup(lib.bpf_map__fd(maps[name]))
         p = lib.bpf_object__next_program(obj, None)
         while p:
             name = lib.bpf_program__name(p).decode()
@@ -667,16 +726,29 @@ def _load_and_pin(obj_path: Path, pin_dir: Path, progs: list[_Prog]) -> dict[str
                     err = ctypes.get_errno()
                     raise BpfUnavailable(f"attaching {name} failed: {_errname(err)}")
                 links.append(link)
-                rc = lib.bpf_link__pin(link, os.fsencode(pin_dir / f"link_{name}"))
+                final = pin_dir / f"link_{name}"
+                staging = pin_dir / f"link_{name}.new"
+                rc = lib.bpf_link__pin(link, os.fsencode(staging))
                 if rc < 0:
                     raise BpfUnavailable(f"pinning link {name} failed: {_errname(-rc)}")
+                os.rename(staging, final)  # atomic: replaces (and so detaches) an older link
             p = lib.bpf_object__next_program(obj, p)
+        wanted_links = {f"link_{n}" for n in names}
+        for entry in pin_dir.iterdir():
+            if entry.name.startswith("link_") and entry.name not in wanted_links:
+                entry.unlink()  # a program an older build had and this one does not
+        ok = True
         return fds
     finally:
         # Pinned links and maps stay alive in bpffs; the process-local handles go.
         for link in links:
             lib.bpf_link__destroy(link)
         lib.bpf_object__close(obj)
+        if not ok:
+            for fd in fds.values():
+                os.close(fd)
+            for entry in pin_dir.glob("link_*.new"):
+                entry.unlink()
 
 
 def _remove_pins(pin_dir: Path, keep_dir: bool) -> bool:

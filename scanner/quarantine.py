@@ -267,10 +267,14 @@ class Quarantine:
         finally:
             os.close(fd)
 
-    def quarantine_fd(self, fd: int, path: bytes | str, rules: Sequence[str], event: str,
+    def quarantine_fd(self, fd: int, path: bytes | str | None, rules: Sequence[str], event: str,
                       detected_at: float | None = None) -> QuarantineRecord:
-        """Move the file open on `fd` (not closed here) and named `path` into the quarantine."""
-        path = os.fsencode(path)
+        """Move the file open on `fd` (not closed here) and named `path` into the quarantine.
+
+        `path` is a hint: if it does not name the fd's inode (renamed since, or reached through a
+        symlinked directory), the kernel's own name for the fd is used. None: only the latter.
+        """
+        path = os.fsencode(path) if path is not None else b""
         try:
             return self._quarantine(fd, path, tuple(rules), event, detected_at or time.time())
         except QuarantineError as exc:
@@ -364,7 +368,7 @@ class Quarantine:
         """(dirfd, name, path) whose directory entry refers to the inode open on fd."""
         if st.st_nlink == 0:
             raise QuarantineError(f"{_show(path)} was deleted before it could be quarantined")
-        candidates = [path]
+        candidates = [path] if path else []
         try:
             # The kernel's own name for the open file: no symlinks in it.
             proc = os.readlink(f"/proc/self/fd/{fd}".encode())

@@ -58,8 +58,14 @@ class MarkedFs:
 
 
 class Watches:
-    def __init__(self, group: int, perm_mask: int, watch: tuple[Path, ...], exclude: list[Path]) -> None:
+    def __init__(self, group: int, perm_mask: int, watch: tuple[Path, ...], exclude: list[Path],
+                 features: fan.Features | None = None) -> None:
         self.group = group
+        features = features or fan.probe()
+        # FAN_MARK_IGNORE (6.0) and FAN_MARK_EVICTABLE (5.19) where the kernel has them; the
+        # older FAN_MARK_IGNORED_MASK otherwise (then marks pin their inodes in memory).
+        self._ignore_flag = fan.FAN_MARK_IGNORE if features.mark_ignore else fan.FAN_MARK_IGNORED_MASK
+        self._evictable = fan.FAN_MARK_EVICTABLE if features.mark_evictable else 0
         self.perm_mask = perm_mask
         # What an ignore mark suppresses: every event this group asks for.
         self.ignore_mask = perm_mask
@@ -115,7 +121,7 @@ class Watches:
     # --- ignore marks ---------------------------------------------------------------------
     def ignore(self, fd: int, survive_writes: bool) -> None:
         """Stop the kernel asking about this inode. Without survive_writes a write clears it."""
-        flags = fan.FAN_MARK_ADD | fan.FAN_MARK_IGNORE | fan.FAN_MARK_EVICTABLE
+        flags = fan.FAN_MARK_ADD | self._ignore_flag | self._evictable
         if survive_writes:
             flags |= fan.FAN_MARK_IGNORED_SURV_MODIFY
         try:
@@ -129,7 +135,7 @@ class Watches:
 
     def unignore(self, fd: int, name: bytes | None = None) -> None:
         try:
-            fan.mark(self.group, fan.FAN_MARK_REMOVE | fan.FAN_MARK_IGNORE | fan.FAN_MARK_DONT_FOLLOW,
+            fan.mark(self.group, fan.FAN_MARK_REMOVE | self._ignore_flag | fan.FAN_MARK_DONT_FOLLOW,
                      self.ignore_mask, name, fd)
         except fan.FanotifyError as exc:
             if exc.errno != errno.ENOENT:

@@ -347,3 +347,25 @@ def test_without_bpf_lsm_the_daemon_warns_and_protects(tmpfs: Path, tmp_path: Pa
     with pytest.raises(AssertionError) as info:
         start_daemon([tmpfs], tmp_path / "req", {"bpf": "require", "bpf_pin_dir": pins})
     assert "BPF LSM fast path required" in str(info.value)
+
+
+def test_file_deleted_during_scan_still_gets_a_verdict(tmpfs: Path, tmp_path: Path, daemon_factory) -> None:
+    rules = tmp_path / "slow"
+    rules.mkdir()
+    (rules / "slow.yar").write_text(SLOW_RULE)
+    d = daemon_factory([tmpfs], {"bundled_rules": False, "rule_dirs": [str(rules)], "deadline": 30.0,
+                                 "close_write_scan": False})
+    victim = tmpfs / "victim"
+    victim.write_bytes(b"\0" * 6_000)
+    opener = subprocess.Popen([sys.executable, "-c", f"open({str(victim)!r}).close()"])
+    try:
+        d.wait_for(lambda s: s["in_flight_scans"] >= 1)
+        victim.unlink()
+        assert opener.wait(timeout=60) == 0
+    finally:
+        if opener.poll() is None:
+            opener.kill()
+    s = d.wait_for(lambda s: s["scans"] >= 1, timeout=60)
+    assert s["scan_errors"] == 0 and s["pending"] == 0
+    verdicts = [e for e in d.log_events() if e["event"] == "scan_verdict"]
+    assert verdicts[-1]["path"] == str(victim) and verdicts[-1]["verdict"] == "safe"

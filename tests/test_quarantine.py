@@ -6,6 +6,7 @@ Runs as root (mounts tmpfs, chowns). Every mount is made by the test and unmount
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -189,6 +190,17 @@ def test_renamed_file_is_followed_by_its_fd_and_the_new_file_at_its_name_is_left
     assert rec.original_path == bytes(src / "moved") and not (src / "moved").exists()
     assert victim.read_bytes() == b"an innocent file that took its name"
     assert q.read_content(rec.id) == EICAR
+
+
+def test_quarantine_fd_without_a_path_uses_the_kernels_name(src: Path, state: Path) -> None:
+    q = make_q(state)
+    write_file(src / "v", EICAR)
+    fd = os.open(src / "v", os.O_RDONLY)
+    try:
+        rec = q.quarantine_fd(fd, None, ["EICAR"], "open")
+    finally:
+        os.close(fd)
+    assert rec.original_path == bytes(src / "v") and not (src / "v").exists()
 
 
 def test_deleted_file_is_not_quarantined(src: Path, state: Path) -> None:
@@ -500,6 +512,16 @@ def test_restore_keeps_an_admins_own_allow_list_entry(src: Path, state: Path) ->
 
 # --- with the daemon: the issue's acceptance, end to end ------------------------------------------
 ALL_QUARANTINE = {"exec": "quarantine", "open": "quarantine", "write": "quarantine", "on-demand": "quarantine"}
+MARKER = b"ONACCESS-QTEST-" + b"BIG-FILE-MARKER"  # split: this file must not match the rule
+
+
+@pytest.fixture
+def big_rule(tmp_path: Path) -> Path:
+    """A rule that matches big files (the bundled EICAR rule only matches files of <= 128 bytes)."""
+    rules = tmp_path / "rules.d"
+    rules.mkdir()
+    (rules / "big.yar").write_text('rule qtest_big { strings: $m = "%s" condition: $m }\n' % MARKER.decode())
+    return rules
 
 
 def wait_until(predicate, timeout: float = 15.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
@@ -520,7 +542,7 @@ def test_daemon_quarantines_detection_and_restore_is_allowed(src: Path, tmp_path
     from oatest import try_open
 
     hook_out = tmp_path / "hook.json"
-    hook = f"{sys.executable} -c \"import sys; open({str(hook_out)!r}, 'w').write(sys.stdin.read())\""
+    hook = f"{sys.executable} -c \"import sys; open({str(hook_out)!r}, 'a').write(sys.stdin.read())\""
     d = daemon_factory([src], {"actions": ALL_QUARANTINE, "on_detect": hook})
     victim = src / "eicar.com"
     before = write_file(victim, EICAR, mode=0o755)
@@ -548,19 +570,19 @@ def test_daemon_quarantines_detection_and_restore_is_allowed(src: Path, tmp_path
     assert victim.read_bytes() == EICAR and cli_json(d, "quarantine", "list") == []
 
 
-def test_daemon_killed_between_copy_and_unlink_recovers_on_restart(src: Path, tmp_path: Path,
+def test_daemon_killed_between_copy_and_unlink_recovers_on_restart(src: Path, tmp_path: Path, big_rule: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from oatest import start_daemon, try_open
 
     state_dir = tmp_path / "state"  # root fs: the move from tmpfs is cross-filesystem
-    victim = src / "eicar.bin"
-    data = EICAR + os.urandom(1 << 20)
+    victim = src / "detected.bin"
+    data = MARKER + os.urandom(3 << 20)  # several copy chunks
     write_file(victim, data)
-    settings = {"actions": ALL_QUARANTINE}
+    settings = {"actions": ALL_QUARANTINE, "rule_dirs": [str(big_rule)]}
     monkeypatch.setenv(CRASH_ENV, "after-copy")
     d = start_daemon([src], state_dir, settings)
     try:
-        try_open(victim)  # answered (denied) before the action thread kills the daemon
+        assert try_open(victim) == errno.EPERM  # answered before the action thread kills the daemon
         d.proc.wait(timeout=30)
         assert d.proc.returncode == -signal.SIGKILL
     finally:
@@ -580,25 +602,28 @@ def test_daemon_killed_between_copy_and_unlink_recovers_on_restart(src: Path, tm
         d.stop()
 
 
-def test_daemon_full_quarantine_disk_still_denies_and_keeps_original(src: Path, daemon_factory) -> None:
-    import errno
-
+def test_daemon_full_quarantine_disk_still_denies_and_keeps_original(src: Path, big_rule: Path,
+                                                                     daemon_factory) -> None:
     from oatest import try_open
 
     with mounted_tmpfs("3m") as small:
-        d = daemon_factory([src], {"actions": ALL_QUARANTINE}, state_dir=small / "state")
+        d = daemon_factory([src], {"actions": ALL_QUARANTINE, "rule_dirs": [str(big_rule)]},
+                           state_dir=small / "state")
         try:
             victim = src / "big"
-            data = EICAR + os.urandom(4 << 20)
-            write_file(victim, data)
+            data = MARKER + os.urandom(4 << 20)
+            before = write_file(victim, data)
             assert try_open(victim) == errno.EPERM
             wait_until(lambda: any(e.get("event") == "quarantine_failed" for e in d.log_events()),
                        what="quarantine_failed logged")
             failed = [e for e in d.log_events() if e.get("event") == "quarantine_failed"]
-            assert "full" in json.dumps(failed)
-            assert victim.read_bytes() == data
+            assert "quarantine storage is full" in json.dumps(failed)
             assert try_open(victim) == errno.EPERM  # still denied afterwards
             assert cli_json(d, "quarantine", "list") == []
             assert os.listdir(small / "state" / "quarantine") == []
+            after = os.stat(victim)
+            assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size,
+                                                                        before.st_mtime_ns)
         finally:
             d.stop()
+        assert victim.read_bytes() == data  # with the daemon stopped, the original reads back intact
