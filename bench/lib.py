@@ -396,7 +396,7 @@ class Workbench:
         self.tarball: Path | None = None
         self._seq = 0
 
-    def prepare(self) -> None:
+    def prepare(self, tarball: bool = True) -> None:
         self.target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.d.target, self.target)
         self.target.chmod(0o755)
@@ -407,9 +407,16 @@ class Workbench:
             if i % s.w2_per_dir == 0:
                 d.mkdir(parents=True, exist_ok=True)
             (d / f"f{i:05d}").write_bytes(_text_block(rng, 4096))
-        self.cache.mkdir(parents=True, exist_ok=True)
-        self.tarball = make_tarball(self.cache / f"w4-{s.w4_files}-{s.w4_bytes}.tar", s.w4_files, s.w4_bytes)
+        if tarball:
+            self._tarball()
         sh(["sync"])
+
+    def _tarball(self) -> Path:
+        if self.tarball is None:
+            s = self.sizes
+            self.cache.mkdir(parents=True, exist_ok=True)
+            self.tarball = make_tarball(self.cache / f"w4-{s.w4_files}-{s.w4_bytes}.tar", s.w4_files, s.w4_bytes)
+        return self.tarball
 
     def _driver(self, argv: list[str], what: str) -> dict[str, str]:
         cp = sh(["timeout", "-k", "5", str(self.timeout), *argv], timeout=self.timeout + 30, check=False)
@@ -453,7 +460,7 @@ class Workbench:
         return float(r["us_per_file"])
 
     def w4_untar(self) -> float:
-        assert self.tarball is not None
+        self._tarball()
         d = self._fresh_dir("w4")
         try:
             r = self._driver([self.d.walltime, "tar", "-xf", str(self.tarball), "-C", str(d)], "W4 untar")
@@ -530,8 +537,10 @@ def onaccess_argv(mnt: Path, state: Path, *extra: str) -> list[str]:
 
 def onaccess_status(state: Path) -> dict:
     exe = os.environ.get("ONACCESS_BIN") or str(venv_bin("onaccess"))
-    cp = sh([exe, "status", "--json", "--state-dir", str(state)],
-            timeout=30, check=False)
+    try:  # best effort: counters are a diagnosis, not a measurement
+        cp = sh([exe, "status", "--json", "--state-dir", str(state)], timeout=180, check=False)
+    except BenchError as exc:
+        return {"error": str(exc)}
     if cp.returncode != 0:
         return {"error": (cp.stderr or cp.stdout).strip()[-300:]}
     try:

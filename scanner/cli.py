@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return EXIT_ERROR
+    if args.func is not cmd_run:
+        from . import log
+
+        log.setup("warning")  # log lines go to stderr, never into --json output
     try:
         return int(args.func(args))
     except CliError as exc:

@@ -97,12 +97,11 @@ class Daemon:
         except Exception as exc:
             raise DaemonError(str(exc)) from exc
         self.state = self._compile_rules()
-        self.quarantine: Any = None
-        if "quarantine" in cfg.actions.values():
-            from .quarantine import Quarantine
+        from .quarantine import Quarantine
 
-            self.quarantine = Quarantine(cfg.db_path, cfg.quarantine_dir)
-            self.quarantine.recover()
+        # Every start finishes or rolls back half-done moves, whoever left them (daemon or CLI).
+        self.quarantine = Quarantine(cfg.db_path, cfg.quarantine_dir)
+        self.quarantine.recover()
 
     # --- rules ----------------------------------------------------------------------------
     def _compile_rules(self) -> RuleState:
@@ -550,15 +549,13 @@ class Daemon:
         result: dict[str, Any] = {"event": kind, "path": _decode(path), "pid": pid, "rules": list(rules),
                                   "verdict": "dangerous", "action": action}
         try:
-            if action == "quarantine" and self.quarantine is not None and path:
-                try:
+            if action == "quarantine":
+                try:  # the quarantine module logs `quarantined` / `quarantine_failed` itself
                     record = self.quarantine.quarantine_fd(fd, path, rules, kind)
                     result["quarantine_id"] = record.id
                     self.stats.counters.quarantined += 1
-                    log.warning("quarantined", path=_decode(path), id=record.id, rules=list(rules))
                 except Exception as exc:
                     result["quarantine_error"] = str(exc)
-                    log.error("quarantine_failed", path=_decode(path), error=str(exc))
             if self.cfg.on_detect:
                 from .hooks import run_hook
 

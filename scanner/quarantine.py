@@ -20,8 +20,11 @@ to verify size + sha256 -> rename to `<id>`, fsync the directory -> journal `cop
 directory entry still names the same inode (fstatat on a dirfd) -> unlinkat, fsync -> journal
 `done`. `recover()` (daemon start) rolls `pending` back (original untouched) and finishes
 `copied` (unlink only if the name still holds the copied content). Restores and deletes are
-journalled the same way (`restoring`, `deleting`). Any failure - a full disk included - leaves
-the original in place and the journal clean; the error is a `QuarantineError`.
+journalled the same way (`restoring`, `deleting`). A restore allow-lists the sha256 before the
+file appears (so the daemon's scan of the new file finds it SAFE), writes a temp file in the
+target dir (O_EXCL|O_NOFOLLOW), fsyncs, then link(2)s it into place (rename(2) with --force).
+Any failure - a full disk included - leaves the original in place and the journal clean; the
+error is a `QuarantineError`.
 
 Path safety. Directories are opened component by component from `/` with O_NOFOLLOW, so no
 symlink anywhere in a path is followed (a path through a symlinked directory is refused, or,
@@ -179,7 +182,7 @@ def _open_dir(parts: Sequence[bytes]) -> int:
 
 
 def _show(path: bytes) -> str:
-    return path.decode("utf-8", "backslashreplace")
+    return path.decode("utf-8", "backslashreplace") if path else "<file without a name>"
 
 
 def _join(parts: Sequence[bytes]) -> bytes:

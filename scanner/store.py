@@ -102,6 +102,10 @@ class Store:
                 continue
             conn.execute("BEGIN IMMEDIATE")
             try:
+                # Another process (a CLI, the daemon) may have migrated while we waited for the lock.
+                if conn.execute("PRAGMA user_version").fetchone()[0] >= version:
+                    conn.execute("COMMIT")
+                    continue
                 for statement in _split_sql(sql_file.read_text()):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {version}")

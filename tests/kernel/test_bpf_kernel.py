@@ -305,3 +305,45 @@ def test_prog_stats_count_runs(kv: bpf.KernelVerdicts, true_copy: Path) -> None:
         assert after[1] > 0
     finally:
         Path("/proc/sys/kernel/bpf_stats_enabled").write_text("0\n")
+
+
+def link_prog_ids(pin_dir: Path) -> dict[str, int]:
+    out = {}
+    for entry in sorted(pin_dir.glob("link_*")):
+        fd = bpf._check(bpf.libbpf().bpf_obj_get(os.fsencode(entry)), "link pin")
+        try:
+            info = bpf._LinkInfo()
+            bpf._obj_info(fd, info, "link info")
+        finally:
+            os.close(fd)
+        out[entry.name] = info.prog_id
+    return out
+
+
+def test_other_build_upgrades_programs_keeps_map(
+    kv: bpf.KernelVerdicts, obj_path: Path, pin_dir: Path, true_copy: Path, tmp_path: Path
+) -> None:
+    st = mark(kv, true_copy)
+    old_progs = link_prog_ids(pin_dir)
+    # Another build of the object: same programs and maps, different bytes.
+    newer = tmp_path / "verdict.bpf.o"
+    newer.write_bytes(obj_path.read_bytes() + b"\0" * 8)
+    up = bpf.KernelVerdicts.open(newer, pin_dir)
+    try:
+        assert (up.reused, up.upgraded) == (True, True)
+        assert up.map_id == kv.map_id
+        assert stored(up, true_copy) == (bpf.VERDICT_DANGEROUS, GEN, st.st_ctime_ns)
+        new_progs = link_prog_ids(pin_dir)
+        assert set(new_progs) == set(old_progs)
+        assert not set(new_progs.values()) & set(old_progs.values())
+        assert not list(pin_dir.glob("*.new"))
+        assert_exec_denied(true_copy)
+        assert [b.hook for b in up.consume()] == ["exec"]
+    finally:
+        up.close()
+    again = bpf.KernelVerdicts.open(newer, pin_dir)
+    try:
+        assert (again.reused, again.upgraded) == (True, False)
+        assert link_prog_ids(pin_dir) == new_progs
+    finally:
+        again.close()
