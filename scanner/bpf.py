@@ -727,7 +727,7 @@ def _load_and_pin(
                     raise BpfUnavailable(f"attaching {name} failed: {_errname(err)}")
                 links.append(link)
                 final = pin_dir / f"link_{name}"
-                staging = pin_dir / f"link_{name}.new"
+                staging = pin_dir / f"new_{name}"  # bpffs refuses '.' in names
                 rc = lib.bpf_link__pin(link, os.fsencode(staging))
                 if rc < 0:
                     raise BpfUnavailable(f"pinning link {name} failed: {_errname(-rc)}")
@@ -747,7 +747,7 @@ def _load_and_pin(
         if not ok:
             for fd in fds.values():
                 os.close(fd)
-            for entry in pin_dir.glob("link_*.new"):
+            for entry in pin_dir.glob("new_*"):
                 entry.unlink()
 
 

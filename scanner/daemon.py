@@ -75,6 +75,13 @@ class Oversize(engine.ScanError):
 class RuleState:
     rules: engine.RuleSet
     generation: int
+    # Whether this rule set flags a 0-byte file, computed once: every file created with
+    # O_CREAT is opened empty first, and this answers those opens without a thread hop.
+    empty_is_dangerous: bool
+
+    @classmethod
+    def of(cls, rules: engine.RuleSet, generation: int) -> "RuleState":
+        return cls(rules, generation, rules.match_bytes(b"").dangerous)
 
 
 class Daemon:
@@ -113,7 +120,7 @@ class Daemon:
         generation = self.store.rules_generation(rules.digest)
         log.info("rules_loaded", files=[str(p) for p in rules.files], rules=rules.rule_count,
                  generation=generation, engine=self.cfg.engine)
-        return RuleState(rules, generation)
+        return RuleState.of(rules, generation)
 
     async def reload(self) -> dict[str, Any]:
         """Compile off the loop; swap atomically; a broken set keeps the old one running."""
@@ -125,7 +132,7 @@ class Daemon:
             return {"ok": False, "error": str(exc), "generation": self.state.generation}
         generation = self.store.rules_generation(rules.digest)
         changed = generation != self.state.generation
-        self.state = RuleState(rules, generation)
+        self.state = RuleState.of(rules, generation)
         if changed:
             # SAFE verdicts of the old generation are void: the kernel must ask again.
             self.watches.flush_ignores()
@@ -304,6 +311,9 @@ class Daemon:
                 self._reply(p, True, "excluded_process")
                 return
             identity = Identity.from_stat(st)
+            if st.st_size == 0 and not self.state.empty_is_dangerous:
+                self._reply(p, True, "empty", ignore_fd=ev.fd, identity=identity)
+                return
             verdict = self._known(identity)
             if verdict is not None:
                 c.cache_hits += 1

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -369,3 +370,18 @@ def test_file_deleted_during_scan_still_gets_a_verdict(tmpfs: Path, tmp_path: Pa
     assert s["scan_errors"] == 0 and s["pending"] == 0
     verdicts = [e for e in d.log_events() if e["event"] == "scan_verdict"]
     assert verdicts[-1]["path"] == str(victim) and verdicts[-1]["verdict"] == "safe"
+
+
+def test_empty_files_follow_the_rules_too(tmpfs: Path, tmp_path: Path, daemon_factory) -> None:
+    """0-byte opens skip the worker pool only because the rule set was checked against b''."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "empty.yar").write_text("rule no_empty_files { condition: filesize == 0 }")
+    (tmpfs / "full").write_bytes(b"x")
+    d = daemon_factory([tmpfs], {"bundled_rules": False, "rule_dirs": [str(rules)]})
+    os.mknod(tmpfs / "empty", 0o644 | stat.S_IFREG)  # created without an open
+    assert try_open(tmpfs / "empty") == errno.EPERM
+    with pytest.raises(PermissionError):  # every O_CREAT opens an empty file first
+        (tmpfs / "new").write_bytes(b"data")
+    assert try_open(tmpfs / "full") == 0
+    assert d.status()["denials"] >= 1

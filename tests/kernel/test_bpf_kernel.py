@@ -336,7 +336,7 @@ def test_other_build_upgrades_programs_keeps_map(
         new_progs = link_prog_ids(pin_dir)
         assert set(new_progs) == set(old_progs)
         assert not set(new_progs.values()) & set(old_progs.values())
-        assert not list(pin_dir.glob("*.new"))
+        assert not list(pin_dir.glob("new_*"))
         assert_exec_denied(true_copy)
         assert [b.hook for b in up.consume()] == ["exec"]
     finally:
