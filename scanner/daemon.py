@@ -98,6 +98,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._allow_hashes: set[str] = set()
         self._allow_version = -1
+        self._records: list[tuple[Verdict, bytes | None, str | None]] = []
         self._actions = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="action")
         try:
             self.store = Store(cfg.db_path)
@@ -194,6 +195,7 @@ class Daemon:
         for p in list(self.pending):
             self._reply(p, True, "shutdown")
         os.close(self.group)
+        self._flush_records()
         self.watches.close()
         self.control.close()
         self.pool.stop()
@@ -515,14 +517,15 @@ class Daemon:
             for p in waiters:  # answer first
                 self._reply(p, safe, "scanned")
             self.cache.put(verdict)
-            self._db("record", self.store.record, verdict, job.path, outcome.sha256)
+            self._queue_record(verdict, job.path, outcome.sha256)
             if self.kernel is not None:
                 self._kernel_put(job.fd, verdict)
             if safe:
                 if state is self.state:  # a verdict from replaced rules earns no ignore mark
                     self._ignore(job.fd, survive_writes=False, identity=job.identity)
-                log.info("scan_verdict", verdict="safe", path=_decode(job.path), kind=job.kind, pid=job.pid,
-                         allowlisted=outcome.allowlisted, waiters=len(waiters))
+                # debug: a SAFE verdict per file is noise for a SIEM (and costs the loop time).
+                log.debug("scan_verdict", verdict="safe", path=_decode(job.path), kind=job.kind, pid=job.pid,
+                          allowlisted=outcome.allowlisted, waiters=len(waiters))
                 return
             action = self.cfg.actions.get(job.kind, "none")
             log.warning("scan_verdict", verdict="dangerous", path=_decode(job.path), kind=job.kind, pid=job.pid,
@@ -534,6 +537,21 @@ class Daemon:
         finally:
             if not fd_handed_on:
                 os.close(job.fd)
+
+    def _queue_record(self, verdict: Verdict, path: bytes | None, sha256: str | None) -> None:
+        """Verdicts of one loop iteration go to SQLite in one transaction, flushed right after it.
+
+        The LRU answers meanwhile; a SIGKILL loses at most that iteration's SAFE verdicts (they
+        are rescanned), never a DANGEROUS one's denial, which the kernel already has.
+        """
+        self._records.append((verdict, path, sha256))
+        if len(self._records) == 1:
+            self.loop.call_soon(self._flush_records)
+
+    def _flush_records(self) -> None:
+        records, self._records = self._records, []
+        if records:
+            self._db("record", self.store.record_many, records)
 
     def _kernel_put(self, fd: int, verdict: Verdict) -> None:
         try:

@@ -157,13 +157,22 @@ class Store:
         return stored if stored.holds_for(identity, generation) else None
 
     def record(self, verdict: Verdict, path: bytes | None, sha256: str | None = None) -> None:
-        i = verdict.identity
-        self._conn.execute(
-            "INSERT OR REPLACE INTO verdicts (dev, ino, size, mtime_ns, ctime_ns, verdict, generation, rules,"
-            " path, sha256, scanned_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (i.dev, i.ino, i.size, i.mtime_ns, i.ctime_ns, verdict.decision.value, verdict.generation,
-             json.dumps(list(verdict.rules)), path, sha256, time.time()),
-        )
+        self.record_many([(verdict, path, sha256)])
+
+    def record_many(self, items: list[tuple[Verdict, bytes | None, str | None]]) -> None:
+        """One transaction for a burst of verdicts: a commit per file would dominate a cold pass."""
+        now = time.time()
+        rows = [
+            (v.identity.dev, v.identity.ino, v.identity.size, v.identity.mtime_ns, v.identity.ctime_ns,
+             v.decision.value, v.generation, json.dumps(list(v.rules)), path, sha256, now)
+            for v, path, sha256 in items
+        ]
+        with self._conn:  # BEGIN ... COMMIT (ROLLBACK on error)
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO verdicts (dev, ino, size, mtime_ns, ctime_ns, verdict, generation, rules,"
+                " path, sha256, scanned_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
 
     def forget(self, dev: int, ino: int) -> None:
         self._conn.execute("DELETE FROM verdicts WHERE dev = ? AND ino = ?", (dev, ino))

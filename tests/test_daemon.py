@@ -355,7 +355,7 @@ def test_file_deleted_during_scan_still_gets_a_verdict(tmpfs: Path, tmp_path: Pa
     rules.mkdir()
     (rules / "slow.yar").write_text(SLOW_RULE)
     d = daemon_factory([tmpfs], {"bundled_rules": False, "rule_dirs": [str(rules)], "deadline": 30.0,
-                                 "close_write_scan": False})
+                                 "close_write_scan": False, "log_level": "debug"})
     victim = tmpfs / "victim"
     victim.write_bytes(b"\0" * 6_000)
     opener = subprocess.Popen([sys.executable, "-c", f"open({str(victim)!r}).close()"])

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
+import json
 import os
 import re
 import shutil
@@ -36,8 +38,9 @@ PACKAGING = REPO / "packaging"
 CACHE = Path(os.environ.get("ONACCESS_PKGTEST_CACHE", "/var/cache/onaccess-pkgtest"))
 SUITE = "bookworm"
 # The declared runtime dependencies (debian/control) plus systemd, which a Debian 12 install
-# has: its tmpfiles and deb-systemd-helper are what the maintainer scripts call.
-ROOT_PACKAGES = ("python3", "libbpf1", "systemd")
+# has: its tmpfiles and deb-systemd-helper are what the maintainer scripts call. dpkg -i fails
+# if the package needs anything else.
+ROOT_PACKAGES = ("python3", "libbpf1", "procps", "systemd")
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 CHROOT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
               "LANG": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive", "HOME": "/root"}
@@ -104,8 +107,8 @@ def _deb_field(deb: Path, field: str) -> str:
 
 
 def _deb_paths(deb: Path) -> set[str]:
-    out = _run(["dpkg-deb", "--fsys-tarfile", deb], text=False).stdout  # type: ignore[arg-type]
-    return {m.name.removeprefix(".") for m in tarfile.open(fileobj=__import__("io").BytesIO(out))}
+    out = subprocess.run(["dpkg-deb", "--fsys-tarfile", deb], capture_output=True, check=True).stdout
+    return {m.name.removeprefix(".").rstrip("/") for m in tarfile.open(fileobj=io.BytesIO(out))}
 
 
 EXPECTED_FILES = {
@@ -135,14 +138,14 @@ def test_deb_passes_lintian(built: Built) -> None:
 @pytest.mark.slow
 def test_deb_contents_and_metadata(built: Built) -> None:
     paths = _deb_paths(built.deb)
-    missing = {p for p in EXPECTED_FILES if p not in paths and p + "/" not in paths}
+    missing = {p for p in EXPECTED_FILES if p not in paths}
     missing |= {d for d in ("/lib/systemd/system/onaccess.service", "/usr/lib/tmpfiles.d/onaccess.conf")
                 if d not in paths}
     assert not missing, f"missing from the deb: {sorted(missing)}"
     assert not any("__pycache__" in p or p.endswith(".pyc") for p in paths), "bytecode is compiled at install"
 
     depends = _deb_field(built.deb, "Depends")
-    for dep in ("python3 (>= 3.11~)", "python3 (<< 3.12)", "python3.11", "libbpf1", "libssl3"):
+    for dep in ("python3 (>= 3.11~)", "python3 (<< 3.12)", "python3.11", "libbpf1", "procps", "libssl3"):
         assert dep in depends, f"{dep!r} not in Depends: {depends}"
     conffiles = _run(["sh", "-c", f"dpkg-deb --ctrl-tarfile {built.deb} | tar -xOf - ./conffiles"]).stdout
     assert conffiles.split() == ["/etc/onaccess/onaccess.toml"]
@@ -181,7 +184,8 @@ def test_rpm_lists_expected_files_and_scriptlets(built: Built) -> None:
     assert expected <= files, f"missing from the rpm: {sorted(expected - files)}"
     assert _run(["rpm", "-qp", "--configfiles", built.rpm]).stdout.split() == ["/etc/onaccess/onaccess.toml"]
     requires = _run(["rpm", "-qpR", built.rpm]).stdout
-    for req in ("/usr/bin/python3.11", "python(abi) = 3.11", "libbpf.so.1()(64bit)", "libcrypto.so.3()(64bit)"):
+    for req in ("/usr/bin/python3.11", "python(abi) = 3.11", "libbpf.so.1()(64bit)", "/usr/bin/kill",
+                "libcrypto.so.3()(64bit)"):
         assert req in requires, f"{req!r} not required: {requires}"
     provides = _run(["rpm", "-qp", "--provides", built.rpm]).stdout
     assert "libcrypto" not in provides and ".so" not in provides, "the venv must not provide libraries"
@@ -380,8 +384,9 @@ def debian_root(tmp_path: Path) -> Iterator[Chroot]:
         yield Chroot(root)
     finally:
         left = _mounts_under(root)
-        shutil.rmtree(root, ignore_errors=True)
-        assert not left, f"mounts left behind under the chroot: {left}"
+        # Never delete through a mount (it could be a host directory): leave the tree and fail.
+        assert not left, f"mounts left behind under the chroot, tree kept at {root}: {left}"
+        shutil.rmtree(root)
 
 
 # --- install, run, upgrade, remove, purge ----------------------------------------------------
@@ -396,7 +401,6 @@ def test_deb_installs_and_runs_in_fresh_debian_without_network(built: Built, deb
 
     doctor = c.run("onaccess", "doctor", "--json", check=False)
     assert doctor.returncode in (0, 1), doctor.stderr  # 1: no fanotify here; either way it reports
-    import json
     report = json.loads(doctor.stdout)
     checks = {ch["check"]: ch["ok"] for ch in report["checks"]}
     assert checks["bpf_object"] is True, "the packaged BPF object is found in /usr/share/onaccess"
@@ -466,3 +470,36 @@ def test_deb_upgrade_keeps_conffile_edit_remove_keeps_state_purge_cleans(built: 
     assert not pins.exists()
     assert not c.path("/etc/systemd/system/multi-user.target.wants/onaccess.service").exists()
     assert "onaccess" not in c.run("dpkg-query", "-W", "-f=${Package} ${Status}\n", check=False).stdout
+
+
+@pytest.mark.slow
+def test_rpm_installs_runs_and_erases_in_the_same_root(built: Built, debian_root: Chroot) -> None:
+    """The rpm's scriptlets for real: Debian's rpm installs into the root (scriptlets run chrooted
+    there). --nodeps: the root's rpm database is empty, its libraries come from dpkg."""
+    c = debian_root
+    rpm_in_root = ["unshare", "--mount", "--net", "--fork", "rpm", "--root", str(c.root)]
+    _run([*rpm_in_root, "--initdb"])
+    shutil.copy(built.rpm, c.path("/tmp"))
+    _run([*rpm_in_root, "-i", "--nodeps", f"/tmp/{built.rpm.name}"])
+
+    assert c.run("onaccess", "--version").stdout.strip() == f"onaccess {VERSION}"
+    c.path("/tmp/eicar.com").write_bytes(EICAR)
+    assert c.run("onaccess", "scan", "/tmp/eicar.com", check=False).returncode == 1
+    assert c.path("/etc/systemd/system/multi-user.target.wants/onaccess.service").is_symlink()
+    assert (c.path("/var/lib/onaccess").stat().st_mode & 0o777) == 0o700
+    assert list(c.path("/opt/onaccess/lib/python3.11/site-packages/scanner/__pycache__").glob("*.pyc"))
+
+    conf = c.path("/etc/onaccess/onaccess.toml")
+    conf.write_text(conf.read_text().replace("# deadline = 2.0", "deadline = 5.0"))
+    quarantine = c.path("/var/lib/onaccess/quarantine")
+    quarantine.mkdir(mode=0o700)
+    (quarantine / "0123456789abcdef").write_bytes(b"neutralised sample")
+    pins = c.path("/sys/fs/bpf/onaccess")
+    pins.mkdir(parents=True)
+
+    _run([*rpm_in_root, "-e", "onaccess"])
+    assert not pins.exists(), "rpm -e removes the pinned BPF objects"
+    assert (quarantine / "0123456789abcdef").read_bytes() == b"neutralised sample"
+    assert "deadline = 5.0" in c.path("/etc/onaccess/onaccess.toml.rpmsave").read_text()
+    assert not c.path("/opt/onaccess").exists(), "erase left files in /opt/onaccess (bytecode?)"
+    assert not c.path("/etc/systemd/system/multi-user.target.wants/onaccess.service").exists()
