@@ -2,7 +2,7 @@
 #   make bpf    compile bpf/verdict.bpf.o
 #   make deb    dist/onaccess_$(VERSION)_amd64.deb
 #   make rpm    dist/onaccess-$(VERSION)-1.x86_64.rpm
-#   make clean  remove build/ and dist/
+#   make clean  remove $(BUILD) and dist/
 # VERSION defaults to pyproject.toml's; override it (make deb VERSION=0.1.1) to build an upgrade.
 
 SHELL := /bin/bash
@@ -55,4 +55,4 @@ $(RPM): $(BUILD)/root.stamp
 	packaging/build-rpm.sh $(BUILD)/src $(ROOT) $(BUILD)/rpm $(VERSION) $(RPM_RELEASE) $(DIST)
 
 clean:
-	rm -rf build $(DIST)
+	rm -rf $(BUILD) $(DIST)

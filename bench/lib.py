@@ -246,6 +246,21 @@ def peak_rss_kib(pid: int) -> int:
     return total
 
 
+def settle(cpu: Callable[[], float], timeout: float = 60.0, idle: float = 0.02) -> float:
+    """Wait until a daemon stops burning CPU (background scans queued by the
+    last workload), so its deferred work is charged to that workload and does
+    not slow the next one. Returns the seconds waited."""
+    t0 = time.monotonic()
+    prev = cpu()
+    while time.monotonic() - t0 < timeout:
+        time.sleep(0.25)
+        now = cpu()
+        if now - prev < idle:
+            break
+        prev = now
+    return time.monotonic() - t0
+
+
 def pid_alive(pid: int) -> bool:
     try:
         state = _stat_fields(pid)[0]
@@ -277,12 +292,14 @@ class Daemon:
                 out.append(f"--- {p.name}\n" + "\n".join(lines))
         return "\n".join(out)
 
-    def wait_for_output(self, needle: str, timeout: float) -> None:
+    def wait_for_output(self, needle: str, timeout: float) -> str:
+        """Returns the first stdout line containing `needle`."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError):
-                if needle in self.stdout_path.read_text(errors="replace"):
-                    return
+                for line in self.stdout_path.read_text(errors="replace").splitlines():
+                    if needle in line:
+                        return line
             if not self.alive():
                 raise BenchError(f"{self.name} exited ({self.proc.returncode}) before printing "
                                  f"{needle!r}\n{self.tail()}")

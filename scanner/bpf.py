@@ -462,11 +462,14 @@ class KernelVerdicts:
         if fds is not None:
             try:
                 pinned_tag = _read_config(fds[MAP_CONFIG]).obj_tag
-                if pinned_tag == tag:
-                    log.info("bpf_pins_reused", pin_dir=str(pin_dir))
-                    return cls(pin_dir, fds, True, wanted)
-                # Another build is pinned: swap its programs for ours, keep maps and verdicts.
-                # On failure the old programs stay attached and enforcing.
+            except OSError:
+                pinned_tag = -1
+            if pinned_tag == tag:
+                log.info("bpf_pins_reused", pin_dir=str(pin_dir))
+                return cls(pin_dir, fds, True, wanted)
+            # Another build is pinned: swap its programs for ours, keep maps and verdicts.
+            # On failure the old programs stay attached and enforcing.
+            try:
                 new_fds = _load_and_pin(obj_path, pin_dir, wanted, reuse=fds)
             finally:
                 for fd in fds.values():

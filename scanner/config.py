@@ -46,6 +46,7 @@ class Config:
     actions: dict[str, str] = field(default_factory=lambda: {k: "none" for k in EVENT_KINDS})
     on_detect: str = ""  # command run with the detection as JSON on stdin
     on_detect_timeout: float = 10.0
+    audit: bool = False  # FAN_AUDIT: denials also go to the kernel audit log (needs CAP_AUDIT_WRITE)
     bpf: str = "auto"  # auto | off | require
     bpf_pin_dir: Path = Path("/sys/fs/bpf/onaccess")
     log_level: str = "info"
@@ -149,7 +150,7 @@ def _convert(key: str, value: Any) -> Any:
         return int(value)
     if key == "exclude_uids":
         return tuple(int(v) for v in value)
-    if key in ("bundled_rules", "open_perm", "close_write_scan"):
+    if key in ("bundled_rules", "open_perm", "close_write_scan", "audit"):
         if not isinstance(value, bool):
             raise TypeError("must be true or false")
         return value

@@ -154,13 +154,12 @@ class Daemon:
             mask |= fan.FAN_OPEN_PERM
         if self.cfg.close_write_scan:
             mask |= fan.FAN_CLOSE_WRITE
-        try:
-            self.group = fan.init(fan.FAN_CLASS_CONTENT | fan.FAN_CLOEXEC | fan.FAN_NONBLOCK)
-        except fan.FanotifyError as exc:
-            raise DaemonError(f"fanotify permission events unavailable: {exc}") from exc
+        self.group = self._init_group()
         self.watches = Watches(self.group, mask, self.cfg.watch, [*self.cfg.own_paths(), *self.cfg.exclude_paths])
         try:
-            self.watches.mark_all()
+            for path in self.watches.mark_all():
+                # A default like /home may simply not exist on this machine: protect the rest.
+                log.warning("watch_path_missing", path=os.fsdecode(path))
         except OSError as exc:
             os.close(self.group)
             raise DaemonError(f"cannot watch: {exc}") from exc
@@ -182,6 +181,21 @@ class Daemon:
             await self._stop.wait()
         finally:
             await self._shutdown()
+
+    def _init_group(self) -> int:
+        flags = fan.FAN_CLASS_CONTENT | fan.FAN_CLOEXEC | fan.FAN_NONBLOCK
+        self.audit = self.cfg.audit
+        if self.audit:
+            try:
+                return fan.init(flags | fan.FAN_ENABLE_AUDIT)
+            except fan.FanotifyError as exc:
+                # Needs CAP_AUDIT_WRITE: say so once and protect without audit records.
+                log.warning("audit_unavailable", error=str(exc))
+                self.audit = False
+        try:
+            return fan.init(flags)
+        except fan.FanotifyError as exc:
+            raise DaemonError(f"fanotify permission events unavailable: {exc}") from exc
 
     def stop(self) -> None:
         self._stop.set()
@@ -377,7 +391,7 @@ class Daemon:
         if p.timer is not None:
             p.timer.cancel()
         try:
-            fan.respond(self.group, p.fd, allow)
+            fan.respond(self.group, p.fd, allow, audit=self.audit and not allow)
         except OSError as exc:
             log.error("respond_failed", pid=p.pid, error=str(exc))
         c = self.stats.counters
@@ -597,7 +611,8 @@ class Daemon:
             "pid": self.pid,
             "mode": self.mode,
             "mode_reason": self.mode_reason,
-            "watch": [str(p) for p in self.cfg.watch],
+            "watch": [os.fsdecode(p) for p in self.watches.roots],
+            "audit": self.audit,
             "engine": self.cfg.engine,
             "rules_generation": self.state.generation,
             "rules": self.state.rules.rule_count,

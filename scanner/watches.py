@@ -75,7 +75,13 @@ class Watches:
         self.rename_group: int | None = None
 
     # --- set-up ---------------------------------------------------------------------------
-    def mark_all(self) -> None:
+    def mark_all(self) -> list[bytes]:
+        """Mark the filesystem of every watch path; returns the paths skipped as missing."""
+        missing = [r for r in self.roots if not os.path.lexists(r)]
+        self.roots = tuple(r for r in self.roots if r not in missing)
+        if not self.roots:
+            raise FileNotFoundError("none of the watch paths exists: "
+                                    + ", ".join(os.fsdecode(m) for m in missing))
         for root in self.roots:
             st = os.stat(root)
             if not stat.S_ISDIR(st.st_mode):
@@ -90,6 +96,7 @@ class Watches:
                 self.filesystems[st.st_dev] = MarkedFs(st.st_dev, known.root_fd, True)
         if any(not fs.whole for fs in self.filesystems.values()):
             self._start_rename_group()
+        return missing
 
     def _start_rename_group(self) -> None:
         group = fan.init(fan.FAN_CLASS_NOTIF | fan.FAN_REPORT_DFID_NAME | fan.FAN_CLOEXEC | fan.FAN_NONBLOCK)

@@ -294,7 +294,10 @@ def test_unreadable_db_is_a_clear_start_error(tmpfs: Path, tmp_path: Path) -> No
 
 def test_excluded_path_and_uid(tmpfs: Path, daemon_factory) -> None:
     (tmpfs / "skip").mkdir()
-    d = daemon_factory([tmpfs], {"exclude_paths": [str(tmpfs / "skip")], "exclude_uids": [4242]})
+    d = daemon_factory([tmpfs, tmpfs / "not-there"],
+                       {"exclude_paths": [str(tmpfs / "skip")], "exclude_uids": [4242],
+                        "exclude_exes": ["/usr/bin/md5sum"], "audit": True})
+    assert any(e["event"] == "watch_path_missing" for e in d.log_events())
     write_eicar(tmpfs / "skip" / "e")
     assert try_open(tmpfs / "skip" / "e") == 0
     write_eicar(tmpfs / "e2")
@@ -303,7 +306,13 @@ def test_excluded_path_and_uid(tmpfs: Path, daemon_factory) -> None:
                        capture_output=True, timeout=10)
     assert r.returncode == 0 and r.stdout == EICAR
     assert try_open(tmpfs / "e2") == errno.EPERM
-    assert d.status()["denials"] >= 1
+    r = subprocess.run(["md5sum", str(tmpfs / "e2")], capture_output=True, timeout=10)
+    assert r.returncode == 0  # an excluded executable reads it
+    r = subprocess.run(["sha1sum", str(tmpfs / "e2")], capture_output=True, timeout=10)
+    assert r.returncode != 0 and b"Operation not permitted" in r.stderr
+    s = d.status()
+    assert s["denials"] >= 2 and s["watch"] == [str(tmpfs)]
+    assert s["audit"] is True  # FAN_ENABLE_AUDIT took: denials answered with FAN_AUDIT
 
 
 def test_full_disk_for_the_db_costs_history_not_answers(tmpfs: Path, tmp_path: Path) -> None:

@@ -338,6 +338,9 @@ def _pristine_root_tarball() -> Path:
             shutil.rmtree(work / "var/cache/apt/archives", ignore_errors=True)
             _run(["tar", "--numeric-owner", "--xattrs", "-C", work, "-cf", f"{tarball}.tmp", "."])
             os.replace(f"{tarball}.tmp", tarball)
+            for stale in CACHE.glob("debian-*.tar"):  # roots for an older package list
+                if stale != tarball:
+                    stale.unlink()
             print(f"\ndebootstrap + cache: {time.monotonic() - start:.0f} s -> {tarball}")
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -479,8 +482,7 @@ def test_rpm_installs_runs_and_erases_in_the_same_root(built: Built, debian_root
     c = debian_root
     rpm_in_root = ["unshare", "--mount", "--net", "--fork", "rpm", "--root", str(c.root)]
     _run([*rpm_in_root, "--initdb"])
-    shutil.copy(built.rpm, c.path("/tmp"))
-    _run([*rpm_in_root, "-i", "--nodeps", f"/tmp/{built.rpm.name}"])
+    _run([*rpm_in_root, "-i", "--nodeps", built.rpm])  # the package path is the host's
 
     assert c.run("onaccess", "--version").stdout.strip() == f"onaccess {VERSION}"
     c.path("/tmp/eicar.com").write_bytes(EICAR)
