@@ -10,8 +10,9 @@ Ownership of a permission event's fd, step by step (nothing else may answer or c
      until `_job_done()` (or the action thread it hands the dup to) closes it. The event may be
      answered (deadline) long before its scan ends; the scan still records its verdict, so a
      DANGEROUS result blocks the next access.
-  4. Answer first; then LRU, SQLite, the BPF map, the ignore mark, the log line, and the action
-     (quarantine, hook) - in that order, so a slow disk or log reader can never hold an opener.
+  4. Answer first; then LRU, SQLite, the BPF map, the log line, and the action (quarantine,
+     hook) - in that order, so a slow disk or log reader can never hold an opener. The one
+     thing done before an allow is the ignore mark (a single syscall): see `_reply`.
   CLOSE_WRITE (notification) fds go straight to a background `ScanJob` (or are closed at once).
 
 The daemon's own accesses are allowed before anything else is looked at.
@@ -147,7 +148,7 @@ class Daemon:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self.loop = loop
-        self.pool = ScanPool(loop, self.cfg.workers)
+        self.pool = ScanPool(loop, self.cfg.workers, self.cfg.background_workers)
         self._start_kernel()
         mask = fan.FAN_OPEN_EXEC_PERM
         if self.cfg.open_perm:
@@ -321,14 +322,16 @@ class Daemon:
                 path = fd_path(ev.fd)
                 if self.watches.classify(path) is not Where.WATCHED:
                     c.outside_watch += 1
-                    self._reply(p, True, "outside", ignore_fd=ev.fd)
+                    self._reply(p, True, "outside", ignore=True)
                     return
             if self._process_excluded(ev.pid):
                 self._reply(p, True, "excluded_process")
                 return
             identity = Identity.from_stat(st)
             if st.st_size == 0 and not self.state.empty_is_dangerous:
-                self._reply(p, True, "empty", ignore_fd=ev.fd, identity=identity)
+                # No ignore mark: a file opened empty is almost always being created and is
+                # written next, which would clear the mark again; two syscalls saved per file.
+                self._reply(p, True, "empty")
                 return
             verdict = self._known(identity)
             if verdict is not None:
@@ -370,7 +373,7 @@ class Daemon:
             finally:
                 os.close(keep)
         else:
-            self._reply(p, True, "known_safe", ignore_fd=fd, identity=verdict.identity)
+            self._reply(p, True, "known_safe", ignore=True, identity=verdict.identity)
 
     def _deadline(self, p: Pending, job: ScanJob) -> None:
         if p.answered:
@@ -381,9 +384,16 @@ class Daemon:
         log.warning("scan_timeout", pid=p.pid, path=_decode(job.path), deadline_s=self.cfg.deadline,
                     answer="allow" if allow else "deny", note="scan continues; its verdict is recorded")
 
-    def _reply(self, p: Pending, allow: bool, reason: str, ignore_fd: int | None = None,
+    def _reply(self, p: Pending, allow: bool, reason: str, ignore: bool = False,
                identity: Identity | None = None) -> None:
-        """THE reply path: one response, then the fd is closed. Idempotent by `answered`."""
+        """THE reply path: one response, then the fd is closed. Idempotent by `answered`.
+
+        `ignore`: also put an ignore mark on the inode (only with allow). It goes on BEFORE the
+        response, deliberately: an exec sends FAN_OPEN_EXEC_PERM and then FAN_OPEN_PERM for the
+        same open, and a mark placed now spares the second round trip. It is one fanotify_mark
+        call, no I/O. `identity` given: the mark is for a SAFE verdict and must not survive a
+        write; None: an allow-without-scan (outside the watch) that may.
+        """
         if p.answered:
             return
         p.answered = True
@@ -391,21 +401,19 @@ class Daemon:
         if p.timer is not None:
             p.timer.cancel()
         try:
+            if ignore and allow:
+                self._ignore(p.fd, survive_writes=identity is None, identity=identity)
             fan.respond(self.group, p.fd, allow, audit=self.audit and not allow)
         except OSError as exc:
-            log.error("respond_failed", pid=p.pid, error=str(exc))
+            log.error("respond_failed", pid=p.pid, reason=reason, error=str(exc))
+        finally:
+            os.close(p.fd)
         c = self.stats.counters
         if allow:
             c.allowed += 1
         else:
             c.denials += 1
         self.stats.latency(time.monotonic() - p.arrived)
-        try:
-            if ignore_fd is not None:
-                # After the answer: an ignore mark is an optimisation, never on the opener's clock.
-                self._ignore(ignore_fd, survive_writes=identity is None, identity=identity)
-        finally:
-            os.close(p.fd)
 
     def _ignore(self, fd: int, survive_writes: bool, identity: Identity | None = None) -> None:
         """Add an ignore mark; for a SAFE verdict only if the file is still what was judged.
@@ -528,15 +536,16 @@ class Daemon:
                 c.background_scans += 1
             verdict = Verdict(job.identity, outcome.decision, state.generation, outcome.rules)
             safe = not verdict.dangerous
-            for p in waiters:  # answer first
+            if safe and state is self.state:  # a verdict from replaced rules earns no ignore mark
+                # Before the answers, as in _reply: spares an exec's second permission event.
+                self._ignore(job.fd, survive_writes=False, identity=job.identity)
+            for p in waiters:  # answer first; record, log and act after
                 self._reply(p, safe, "scanned")
             self.cache.put(verdict)
             self._queue_record(verdict, job.path, outcome.sha256)
             if self.kernel is not None:
                 self._kernel_put(job.fd, verdict)
             if safe:
-                if state is self.state:  # a verdict from replaced rules earns no ignore mark
-                    self._ignore(job.fd, survive_writes=False, identity=job.identity)
                 # debug: a SAFE verdict per file is noise for a SIEM (and costs the loop time).
                 log.debug("scan_verdict", verdict="safe", path=_decode(job.path), kind=job.kind, pid=job.pid,
                           allowlisted=outcome.allowlisted, waiters=len(waiters))

@@ -5,15 +5,17 @@ Owns: worker threads, the priority queue and the in-flight table. A `ScanJob` ow
 handler closes it; the pool never closes fds. Hands on: the job's outcome through `job.future`,
 resolved on the event loop thread, so every consumer runs there.
 
-Permission scans (priority 0) go before background CLOSE_WRITE scans (priority 1); a permission
-event that joins a queued background job promotes it. Scanning never happens on the event loop:
-yara and boreal release the GIL, so threads scale with cores.
+Permission scans and background CLOSE_WRITE scans have queues and threads of their own: the
+permission workers never take background work, and background scans get `background_workers`
+threads (default 1), so an untar of thousands of files cannot crowd out an opener waiting for
+its answer. A permission event that joins a queued background job promotes it: the job goes on
+the permission queue too, and whichever worker takes it first runs it. Scanning never happens
+on the event loop: yara and boreal release the GIL, so threads scale with cores.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -41,15 +43,20 @@ class ScanJob:
 
 
 class ScanPool:
-    def __init__(self, loop: asyncio.AbstractEventLoop, workers: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, workers: int, background_workers: int = 1) -> None:
         self._loop = loop
-        self._queue: queue.PriorityQueue[tuple[int, int, ScanJob | None]] = queue.PriorityQueue()
-        self._seq = itertools.count()
+        self._perm: queue.SimpleQueue[ScanJob | None] = queue.SimpleQueue()
+        self._background: queue.SimpleQueue[ScanJob | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self.in_flight: dict[tuple[int, int], ScanJob] = {}
         self._threads = [
-            threading.Thread(target=self._run, name=f"scan-{i}", daemon=True) for i in range(workers)
+            threading.Thread(target=self._run, args=(self._perm,), name=f"scan-{i}", daemon=True)
+            for i in range(workers)
+        ] + [
+            threading.Thread(target=self._run, args=(self._background,), name=f"scan-bg-{i}", daemon=True)
+            for i in range(background_workers)
         ]
+        self._workers = {id(self._perm): workers, id(self._background): background_workers}
         for t in self._threads:
             t.start()
 
@@ -60,21 +67,21 @@ class ScanPool:
     def submit(self, job: ScanJob) -> None:
         self.in_flight[job.identity.inode] = job
         job.future.add_done_callback(lambda _f: self._forget(job))
-        self._queue.put((job.priority, next(self._seq), job))
+        (self._perm if job.priority == PRIORITY_PERMISSION else self._background).put(job)
 
     def promote(self, job: ScanJob) -> None:
-        """Queue a queued job again at permission priority; whichever entry a worker takes first runs."""
+        """A background job someone now waits for: a permission worker may take it too."""
         if job.priority > PRIORITY_PERMISSION and not job.started:
             job.priority = PRIORITY_PERMISSION
-            self._queue.put((PRIORITY_PERMISSION, next(self._seq), job))
+            self._perm.put(job)
 
     def _forget(self, job: ScanJob) -> None:
         if self.in_flight.get(job.identity.inode) is job:
             del self.in_flight[job.identity.inode]
 
-    def _run(self) -> None:
+    def _run(self, source: "queue.SimpleQueue[ScanJob | None]") -> None:
         while True:
-            _prio, _seq, job = self._queue.get()
+            job = source.get()
             if job is None:
                 return
             with self._lock:
@@ -101,8 +108,9 @@ class ScanPool:
             job.future.set_result(result)
 
     def queued(self) -> int:
-        return self._queue.qsize()
+        return self._perm.qsize() + self._background.qsize()
 
     def stop(self) -> None:
-        for _ in self._threads:
-            self._queue.put((-1, next(self._seq), None))
+        for source in (self._perm, self._background):
+            for _ in range(self._workers[id(source)]):
+                source.put(None)
