@@ -26,6 +26,7 @@ import fcntl
 import functools
 import hashlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 import structlog
@@ -775,10 +776,62 @@ def _remove_pins(pin_dir: Path, keep_dir: bool) -> bool:
     return removed
 
 
-def unload(pin_dir: Path = DEFAULT_PIN_DIR) -> bool:
-    """Remove the pins: links detach, enforcement stops. True if anything was removed."""
-    removed = _remove_pins(Path(pin_dir), keep_dir=False)
+def _pinned_prog_ids(pin_dir: Path) -> list[int]:
+    lib = libbpf()
+    ids = []
+    for entry in pin_dir.glob("link_*"):
+        fd = lib.bpf_obj_get(os.fsencode(entry))
+        if fd < 0:
+            continue
+        try:
+            info = _LinkInfo()
+            _obj_info(fd, info, "link info")
+            ids.append(info.prog_id)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return ids
+
+
+def _wait_progs_gone(prog_ids: list[int], timeout: float) -> bool:
+    """Newer kernels release links from a workqueue: a program can run for a moment after its
+    last pin went. A program id disappears only after its link detached it."""
+    lib = libbpf()
+    deadline = time.monotonic() + timeout
+    pending = list(prog_ids)
+    while pending:
+        still = []
+        for pid in pending:
+            fd = lib.bpf_prog_get_fd_by_id(pid)
+            if fd >= 0:
+                os.close(fd)
+                still.append(pid)
+        pending = still
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def unload(pin_dir: Path = DEFAULT_PIN_DIR, wait: float = 10.0) -> bool:
+    """Remove the pins: links detach, enforcement stops. True if anything was removed.
+
+    Returns once the programs are gone (at most `wait` seconds), so that "unloaded" means
+    "no longer enforcing" for whoever runs the next exec.
+    """
+    pin_dir = Path(pin_dir)
+    try:
+        prog_ids = _pinned_prog_ids(pin_dir) if pin_dir.is_dir() else []
+    except BpfUnavailable:
+        prog_ids = []
+    removed = _remove_pins(pin_dir, keep_dir=False)
     if removed:
+        gone = _wait_progs_gone(prog_ids, wait)
+        if not gone:
+            log.warning("bpf_unload_slow", pin_dir=str(pin_dir), waited_s=wait)
         log.info("bpf_unloaded", pin_dir=str(pin_dir))
     return removed
 

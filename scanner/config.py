@@ -38,8 +38,9 @@ class Config:
     deadline: float = 2.0  # seconds a permission event may wait for its answer
     on_error: str = "allow"  # answer on timeout / scan error / oversize: allow | deny
     max_file_size: int = 32 * 1024 * 1024
-    workers: int = max(2, os.cpu_count() or 2)  # threads for scans someone is waiting for
-    background_workers: int = 1  # threads for CLOSE_WRITE scans nobody waits for yet
+    workers: int = max(2, os.cpu_count() or 2)  # processes for scans someone is waiting for
+    background_workers: int = 1  # processes for CLOSE_WRITE scans nobody waits for yet
+    background_queue: int = 4096  # most CLOSE_WRITE scans queued at once (each holds an fd)
     cache_size: int = 65536
     exclude_paths: tuple[Path, ...] = ()
     exclude_uids: tuple[int, ...] = ()
@@ -145,7 +146,7 @@ def _convert(key: str, value: Any) -> Any:
         if value <= 0:
             raise ValueError("must be positive")
         return value
-    if key in ("max_file_size", "workers", "background_workers", "cache_size"):
+    if key in ("max_file_size", "workers", "background_workers", "background_queue", "cache_size"):
         if isinstance(value, bool) or int(value) <= 0:
             raise ValueError("must be a positive integer")
         return int(value)

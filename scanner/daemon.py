@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import os
+import resource
 import signal
 import socket
 import sqlite3
@@ -37,7 +37,8 @@ import structlog
 
 from . import engine, fanotify as fan
 from .config import Config
-from .scheduler import PRIORITY_BACKGROUND, PRIORITY_PERMISSION, ScanJob, ScanPool
+from .scheduler import (PRIORITY_BACKGROUND, PRIORITY_PERMISSION, RulesSpec, ScanJob, ScanOutcome, ScanPool,
+                        Skipped, WorkerFailure)
 from .stats import Stats
 from .store import Store
 from .verdicts import Decision, Identity, Verdict, VerdictCache
@@ -61,28 +62,21 @@ class Pending:
 
 
 @dataclass(frozen=True)
-class Outcome:
-    decision: Decision
-    rules: tuple[str, ...]
-    sha256: str | None = None
-    allowlisted: bool = False
-
-
-class Oversize(engine.ScanError):
-    pass
-
-
-@dataclass(frozen=True)
 class RuleState:
+    """The rules in force. The daemon compiles them too (validation, digest, listing); the
+    scan workers compile the same files from `spec`."""
+
     rules: engine.RuleSet
     generation: int
     # Whether this rule set flags a 0-byte file, computed once: every file created with
-    # O_CREAT is opened empty first, and this answers those opens without a thread hop.
+    # O_CREAT is opened empty first, and this answers those opens without a worker round trip.
     empty_is_dangerous: bool
+    spec: RulesSpec
 
     @classmethod
-    def of(cls, rules: engine.RuleSet, generation: int) -> "RuleState":
-        return cls(rules, generation, rules.match_bytes(b"").dangerous)
+    def of(cls, rules: engine.RuleSet, generation: int, backend: str) -> "RuleState":
+        spec = RulesSpec(tuple(str(f) for f in rules.files), backend, generation)
+        return cls(rules, generation, rules.match_bytes(b"").dangerous, spec)
 
 
 class Daemon:
@@ -122,7 +116,7 @@ class Daemon:
         generation = self.store.rules_generation(rules.digest)
         log.info("rules_loaded", files=[str(p) for p in rules.files], rules=rules.rule_count,
                  generation=generation, engine=self.cfg.engine)
-        return RuleState.of(rules, generation)
+        return RuleState.of(rules, generation, self.cfg.engine)
 
     async def reload(self) -> dict[str, Any]:
         """Compile off the loop; swap atomically; a broken set keeps the old one running."""
@@ -134,8 +128,9 @@ class Daemon:
             return {"ok": False, "error": str(exc), "generation": self.state.generation}
         generation = self.store.rules_generation(rules.digest)
         changed = generation != self.state.generation
-        self.state = RuleState.of(rules, generation)
+        self.state = RuleState.of(rules, generation, self.cfg.engine)
         if changed:
+            self.pool.set_rules(self.state.spec)
             # SAFE verdicts of the old generation are void: the kernel must ask again.
             self.watches.flush_ignores()
             if self.kernel is not None:
@@ -146,9 +141,16 @@ class Daemon:
 
     # --- start / stop ---------------------------------------------------------------------
     async def run(self) -> None:
+        _raise_fd_limit()
         loop = asyncio.get_running_loop()
         self.loop = loop
-        self.pool = ScanPool(loop, self.cfg.workers, self.cfg.background_workers)
+        self.pool = ScanPool(loop, self.state.spec, self.cfg.workers, self.cfg.background_workers,
+                             timeout=max(30.0, self.cfg.deadline * 5), max_size=self.cfg.max_file_size)
+        try:
+            await self.pool.wait_ready()
+        except WorkerFailure as exc:
+            self.pool.stop()
+            raise DaemonError(f"scan workers: {exc}") from exc
         self._start_kernel()
         mask = fan.FAN_OPEN_EXEC_PERM
         if self.cfg.open_perm:
@@ -309,7 +311,7 @@ class Daemon:
         p = Pending(ev.fd, ev.pid, kind, time.monotonic())
         self.pending.add(p)
         try:
-            if ev.pid == self.pid:
+            if ev.pid == self.pid or ev.pid in self.pool.pids:
                 c.skipped_self += 1
                 self._reply(p, True, "self")
                 return
@@ -453,7 +455,7 @@ class Daemon:
             return
         handed_on = False
         try:
-            if ev.pid == self.pid:
+            if ev.pid == self.pid or ev.pid in self.pool.pids:
                 return
             st = os.fstat(ev.fd)
             if not stat.S_ISREG(st.st_mode):
@@ -465,6 +467,10 @@ class Daemon:
                     return
             identity = Identity.from_stat(st)
             if self.pool.find(identity) is not None or self._known(identity) is not None:
+                return
+            if self.pool.background_backlog() >= self.cfg.background_queue:
+                # Bounded: every queued job holds an fd. A dropped file is scanned at its first open.
+                self.stats.counters.background_dropped += 1
                 return
             self._start_scan(identity, ev.fd, path, "write", ev.pid, PRIORITY_BACKGROUND, owned=True)
             handed_on = True
@@ -482,9 +488,8 @@ class Daemon:
         if path is None:
             path = _safe_path(job_fd)
         self._refresh_allowlist()
-        job = ScanJob(identity, job_fd, path, kind, pid, self._scan_work, self.loop.create_future(), priority)
-        job.extra["state"] = self.state
-        job.extra["allow"] = self._allow_hashes
+        job = ScanJob(identity, job_fd, path, kind, pid, self.loop.create_future(), priority,
+                      want_sha=bool(self._allow_hashes))
         job.future.add_done_callback(lambda f: self._job_done(job, f))
         self.pool.submit(job)
         return job
@@ -495,28 +500,16 @@ class Daemon:
             self._allow_hashes = {row["sha256"] for row in self.store.allow_list()}
             self._allow_version = version
 
-    def _scan_work(self, job: ScanJob) -> Outcome:
-        """Runs on a worker thread: only the fd, the rules and plain values are touched here."""
-        st = os.fstat(job.fd)
-        if st.st_size > self.cfg.max_file_size:
-            raise Oversize(f"file is {st.st_size} bytes, over max_file_size {self.cfg.max_file_size}")
-        sha256 = None
-        if job.extra["allow"]:
-            sha256 = _sha256_fd(job.fd)
-            if sha256 in job.extra["allow"]:
-                return Outcome(Decision.SAFE, (), sha256, allowlisted=True)
-        result = job.extra["state"].rules.match_fd(job.fd, timeout=max(30.0, self.cfg.deadline * 5))
-        decision = Decision.DANGEROUS if result.dangerous else Decision.SAFE
-        return Outcome(decision, tuple(result.rule_names), sha256)
-
-    def _job_done(self, job: ScanJob, fut: asyncio.Future[Outcome]) -> None:
+    def _job_done(self, job: ScanJob, fut: asyncio.Future[ScanOutcome]) -> None:
         c = self.stats.counters
         waiters: list[Pending] = job.extra.get("waiters", [])
-        state: RuleState = job.extra["state"]
         fd_handed_on = False
         try:
             try:
                 outcome = fut.result()
+            except Skipped:
+                c.background_skipped += 1
+                return
             except engine.ScanError as exc:
                 c.scan_errors += 1
                 allow = self.cfg.on_error == "allow"
@@ -534,9 +527,12 @@ class Daemon:
             c.scans += 1
             if job.priority == PRIORITY_BACKGROUND and not waiters:
                 c.background_scans += 1
-            verdict = Verdict(job.identity, outcome.decision, state.generation, outcome.rules)
+            allowlisted = outcome.sha256 is not None and outcome.sha256 in self._allow_hashes
+            decision = Decision.DANGEROUS if outcome.rules and not allowlisted else Decision.SAFE
+            verdict = Verdict(job.identity, decision, outcome.generation, () if allowlisted else outcome.rules)
             safe = not verdict.dangerous
-            if safe and state is self.state:  # a verdict from replaced rules earns no ignore mark
+            # A verdict from rules replaced meanwhile earns no ignore mark.
+            if safe and outcome.generation == self.state.generation:
                 # Before the answers, as in _reply: spares an exec's second permission event.
                 self._ignore(job.fd, survive_writes=False, identity=job.identity)
             for p in waiters:  # answer first; record, log and act after
@@ -548,7 +544,7 @@ class Daemon:
             if safe:
                 # debug: a SAFE verdict per file is noise for a SIEM (and costs the loop time).
                 log.debug("scan_verdict", verdict="safe", path=_decode(job.path), kind=job.kind, pid=job.pid,
-                          allowlisted=outcome.allowlisted, waiters=len(waiters))
+                          allowlisted=allowlisted, waiters=len(waiters))
                 return
             action = self.cfg.actions.get(job.kind, "none")
             log.warning("scan_verdict", verdict="dangerous", path=_decode(job.path), kind=job.kind, pid=job.pid,
@@ -630,6 +626,8 @@ class Daemon:
             "pending": len(self.pending),
             "in_flight_scans": len(self.pool.in_flight),
             "queued_scans": self.pool.queued(),
+            "scan_workers": self.pool.workers(),
+            "scan_worker_respawns": self.pool.respawns,
             "cache_entries": len(self.cache),
             "bpf_map_id": self.kernel.map_id if self.kernel is not None else None,
             **self.stats.snapshot(),
@@ -651,13 +649,11 @@ class Daemon:
                 "generation": generation, "ctime_ns": ctime_ns, "current_generation": self.state.generation}
 
 
-def _sha256_fd(fd: int) -> str:
-    h = hashlib.sha256()
-    offset = 0
-    while chunk := os.pread(fd, 1 << 20, offset):
-        h.update(chunk)
-        offset += len(chunk)
-    return h.hexdigest()
+def _raise_fd_limit() -> None:
+    """Every pending event and queued scan holds an fd: take the whole hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _safe_path(fd: int) -> bytes | None:

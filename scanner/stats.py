@@ -14,6 +14,8 @@ class Counters:
     cache_hits: int = 0  # answered from the LRU or the DB, no scan
     scans: int = 0  # scans completed (permission and background)
     background_scans: int = 0  # of which from CLOSE_WRITE
+    background_dropped: int = 0  # CLOSE_WRITE scans not queued: backlog full (scanned on open instead)
+    background_skipped: int = 0  # queued, but the file was deleted before its turn
     joined_scans: int = 0  # permission events that waited for a scan already running
     timeouts: int = 0  # answered by the deadline policy
     scan_errors: int = 0

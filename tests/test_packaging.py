@@ -505,3 +505,118 @@ def test_rpm_installs_runs_and_erases_in_the_same_root(built: Built, debian_root
     assert "deadline = 5.0" in c.path("/etc/onaccess/onaccess.toml.rpmsave").read_text()
     assert not c.path("/opt/onaccess").exists(), "erase left files in /opt/onaccess (bytecode?)"
     assert not c.path("/etc/systemd/system/multi-user.target.wants/onaccess.service").exists()
+
+
+# --- the unit under a real systemd ------------------------------------------------------------------
+# Capability numbers (linux/capability.h) of the unit's CapabilityBoundingSet.
+UNIT_CAPS = {"CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_DAC_READ_SEARCH": 2, "CAP_FOWNER": 3,
+             "CAP_SYS_PTRACE": 19, "CAP_SYS_ADMIN": 21, "CAP_AUDIT_WRITE": 29, "CAP_PERFMON": 38, "CAP_BPF": 39}
+
+# Runs inside the container once onaccess.service has started (or failed to).
+CONTAINER_CHECKS = r"""#!/bin/sh
+exec > /root/pkgtest.out 2>&1
+echo "tmp_fs=$(stat -f -c %T /tmp) tmp_separate=$([ "$(stat -c %d /tmp)" != "$(stat -c %d /)" ] && echo yes || echo no)"
+echo "active=$(systemctl is-active onaccess.service)"
+pid=$(systemctl show -p MainPID --value onaccess.service)
+echo "capbnd=$(sed -n 's/^CapBnd:[[:space:]]*//p' /proc/$pid/status)"
+echo "nnp=$(sed -n 's/^NoNewPrivs:[[:space:]]*//p' /proc/$pid/status)"
+echo "seccomp=$(sed -n 's/^Seccomp:[[:space:]]*//p' /proc/$pid/status)"
+echo "own_mntns=$([ "$(readlink /proc/$pid/ns/mnt)" != "$(readlink /proc/1/ns/mnt)" ] && echo yes || echo no)"
+cp /root/eicar.src /tmp/eicar.com
+if cat /tmp/eicar.com >/dev/null 2>/root/cat.err; then echo "eicar_read=allowed"; else echo "eicar_read=denied $(cat /root/cat.err)"; fi
+printf 'hello\n' > /tmp/clean.txt
+cat /tmp/clean.txt >/dev/null && echo "clean_read=allowed"
+cp /bin/true /tmp/true && /tmp/true && echo "clean_exec=allowed"
+onaccess status --json > /root/status.json 2>&1; echo "status_rc=$?"
+systemctl reload onaccess.service; echo "reload_rc=$?"
+sleep 2
+echo "active_after_reload=$(systemctl is-active onaccess.service)"
+echo "same_pid_after_reload=$([ "$(systemctl show -p MainPID --value onaccess.service)" = "$pid" ] && echo yes || echo no)"
+systemctl stop onaccess.service; echo "stop_rc=$?"
+echo "active_after_stop=$(systemctl is-active onaccess.service)"
+cat /tmp/eicar.com >/dev/null 2>&1 && echo "eicar_after_stop=allowed"
+journalctl -u onaccess.service --no-pager -o cat > /root/journal.txt
+systemctl poweroff
+"""
+
+CHECKS_UNIT = """[Unit]
+After=onaccess.service
+[Service]
+Type=oneshot
+ExecStart=/usr/local/bin/pkgtest-checks
+[Install]
+WantedBy=multi-user.target
+"""
+
+# Outside: a private mount namespace holding a tmpfs for the container root (and one on /run,
+# which nspawn needs on tmpfs); both vanish when this script ends, whatever happens inside.
+BOOT_SCRIPT = r"""set -eu
+root=$1 tarball=$2 deb=$3 out=$4
+mount -t tmpfs -o mode=0755 onaccess-pkgtest-run /run
+mkdir -p "$root"
+mount -t tmpfs -o size=2g,mode=0755 onaccess-pkgtest-root "$root"
+tar --numeric-owner --xattrs -C "$root" -xf "$tarball"
+cp "$deb" "$root/tmp/"
+chroot "$root" dpkg -i "/tmp/${deb##*/}" >/dev/null
+cp -a "$out/in/." "$root/"
+ln -s /etc/systemd/system/pkgtest-checks.service "$root/etc/systemd/system/multi-user.target.wants/"
+rc=0
+timeout -k 15 240 systemd-nspawn --quiet --boot --directory="$root" --register=no --keep-unit \
+    --private-network --console=passive \
+    --system-call-filter='fanotify_init fanotify_mark bpf open_by_handle_at' > "$out/boot.log" 2>&1 || rc=$?
+echo "$rc" > "$out/nspawn.rc"
+for f in pkgtest.out status.json journal.txt; do cp "$root/root/$f" "$out/" 2>/dev/null || true; done
+umount "$root"
+"""
+
+
+@pytest.mark.slow
+def test_unit_runs_hardened_under_systemd_in_a_container(built: Built, tmp_path: Path) -> None:
+    """Boot the package's systemd (252) in systemd-nspawn on a tmpfs this test makes, with the
+    unit as shipped: readiness, capabilities, seccomp, its own mount namespace, a real denial,
+    reload and stop. The daemon watches only the container's /tmp (nspawn's own tmpfs): the
+    fanotify marks can only ever reach filesystems made for this test."""
+    _need_tools()
+    if shutil.which("systemd-nspawn") is None:
+        pytest.fail("missing tools; apt-get install systemd-container")
+    tarball = _pristine_root_tarball()
+    inject = tmp_path / "in"
+    (inject / "root").mkdir(parents=True)
+    (inject / "root/eicar.src").write_bytes(EICAR)
+    (inject / "usr/local/bin").mkdir(parents=True)
+    (inject / "usr/local/bin/pkgtest-checks").write_text(CONTAINER_CHECKS)
+    (inject / "usr/local/bin/pkgtest-checks").chmod(0o755)
+    (inject / "etc/systemd/system").mkdir(parents=True)
+    (inject / "etc/systemd/system/pkgtest-checks.service").write_text(CHECKS_UNIT)
+    (inject / "etc/onaccess").mkdir(parents=True)
+    shipped = (PACKAGING / "onaccess.toml").read_text()
+    (inject / "etc/onaccess/onaccess.toml").write_text(
+        shipped.replace('# watch = ["/tmp", "/var/tmp", "/dev/shm", "/home"]', 'watch = ["/tmp"]'))
+    assert 'watch = ["/tmp"]' in (inject / "etc/onaccess/onaccess.toml").read_text()
+
+    root = tmp_path / "container"
+    _run(["unshare", "--mount", "--propagation", "private", "--fork", "bash", "-c", BOOT_SCRIPT, "boot",
+          root, tarball, built.deb, tmp_path], timeout=300)
+    assert not _mounts_under(root)
+    boot_log = (tmp_path / "boot.log").read_text(errors="replace")[-3000:]
+    assert (tmp_path / "nspawn.rc").read_text().strip() == "0", boot_log
+    report_text = (tmp_path / "pkgtest.out").read_text()
+    journal = (tmp_path / "journal.txt").read_text(errors="replace")
+    report = dict(line.split("=", 1) for line in report_text.splitlines() if "=" in line and " " not in line.split("=")[0])
+    context = f"{report_text}\n--- journal\n{journal[-3000:]}"
+
+    assert report["tmp_fs"].startswith("tmpfs tmp_separate=yes"), context
+    assert report["active"] == "active", context  # Type=notify: READY=1 arrived in time
+    caps = int(report["capbnd"], 16)
+    allowed = sum(1 << n for n in UNIT_CAPS.values())
+    assert caps & ~allowed == 0, f"bounding set {caps:#x} exceeds the unit's {allowed:#x}"
+    assert caps & (1 << UNIT_CAPS["CAP_SYS_ADMIN"]) and caps & (1 << UNIT_CAPS["CAP_DAC_READ_SEARCH"])
+    assert report["nnp"] == "1" and report["seccomp"] == "2" and report["own_mntns"] == "yes", context
+    assert report["eicar_read"].startswith("denied") and "not permitted" in report["eicar_read"], context
+    assert report["clean_read"] == "allowed" and report["clean_exec"] == "allowed", context
+    assert report["status_rc"] == "0", (tmp_path / "status.json").read_text()
+    assert report["reload_rc"] == "0" and report["active_after_reload"] == "active", context
+    assert report["same_pid_after_reload"] == "yes", context
+    assert journal.count('"rules_loaded"') >= 2, "SIGHUP did not reload the rules\n" + journal[-3000:]
+    assert report["stop_rc"] == "0" and report["active_after_stop"] == "inactive", context
+    assert report.get("eicar_after_stop") == "allowed", context

@@ -251,12 +251,27 @@ def test_reopen_reuses_same_map(kv: bpf.KernelVerdicts, obj_path: Path, pin_dir:
     assert_exec_denied(true_copy)
 
 
+def link_prog_ids(pin_dir: Path) -> dict[str, int]:
+    out = {}
+    for entry in sorted(pin_dir.glob("link_*")):
+        fd = bpf._check(bpf.libbpf().bpf_obj_get(os.fsencode(entry)), "link pin")
+        try:
+            info = bpf._LinkInfo()
+            bpf._obj_info(fd, info, "link info")
+        finally:
+            os.close(fd)
+        out[entry.name] = info.prog_id
+    return out
+
+
 def test_broken_pins_are_replaced(kv: bpf.KernelVerdicts, obj_path: Path, pin_dir: Path, true_copy: Path) -> None:
     old_id = kv.map_id
     mark(kv, true_copy)
     # Partial pins (exec link gone). Exec is not cleanly denied any more: the ELF loader's
     # mmap of the binary is, past the point of no return, so the child dies of SIGSEGV.
+    exec_prog = link_prog_ids(pin_dir)["link_oa_exec"]
     (pin_dir / "link_oa_exec").unlink()
+    assert bpf._wait_progs_gone([exec_prog], 10)  # link release is deferred on newer kernels
     assert run(true_copy) == -11
     fresh = bpf.KernelVerdicts.open(obj_path, pin_dir)
     try:
@@ -305,19 +320,6 @@ def test_prog_stats_count_runs(kv: bpf.KernelVerdicts, true_copy: Path) -> None:
         assert after[1] > 0
     finally:
         Path("/proc/sys/kernel/bpf_stats_enabled").write_text("0\n")
-
-
-def link_prog_ids(pin_dir: Path) -> dict[str, int]:
-    out = {}
-    for entry in sorted(pin_dir.glob("link_*")):
-        fd = bpf._check(bpf.libbpf().bpf_obj_get(os.fsencode(entry)), "link pin")
-        try:
-            info = bpf._LinkInfo()
-            bpf._obj_info(fd, info, "link info")
-        finally:
-            os.close(fd)
-        out[entry.name] = info.prog_id
-    return out
 
 
 def test_other_build_upgrades_programs_keeps_map(
