@@ -394,3 +394,24 @@ def test_empty_files_follow_the_rules_too(tmpfs: Path, tmp_path: Path, daemon_fa
         (tmpfs / "new").write_bytes(b"data")
     assert try_open(tmpfs / "full") == 0
     assert d.status()["denials"] >= 1
+
+
+def test_background_backlog_is_bounded(tmpfs: Path, tmp_path: Path, daemon_factory) -> None:
+    """An untar-sized burst: the backlog stays bounded, deleted files are skipped, nothing is lost."""
+    rules = tmp_path / "slow"
+    rules.mkdir()
+    (rules / "slow.yar").write_text(SLOW_RULE)
+    (rules / "eicar.yar").write_text((REPO / "rules" / "eicar.yar").read_text())
+    d = daemon_factory([tmpfs], {"bundled_rules": False, "rule_dirs": [str(rules)], "background_queue": 5})
+    for i in range(40):
+        (tmpfs / f"f{i}").write_bytes(b"\0" * 3000 + bytes([i]))
+    s = d.wait_for(lambda s: s["background_dropped"] > 0)
+    assert s["queued_scans"] <= 5 + 1
+    for i in range(1, 40):  # f0 is being scanned; the queued ones lose their names
+        (tmpfs / f"f{i}").unlink()
+    d.wait_for(lambda s: s["queued_scans"] == 0 and s["in_flight_scans"] == 0, timeout=120)
+    s = d.status()
+    assert s["background_skipped"] > 0
+    # A dropped file is still caught at its first open.
+    write_eicar(tmpfs / "late")
+    assert try_open(tmpfs / "late") == errno.EPERM
