@@ -135,7 +135,8 @@ class ScanPool:
         self.pids.add(proc.pid)
         self._loop.add_reader(parent.fileno(), self._on_answer, worker)
 
-    async def wait_ready(self, timeout: float = 60.0) -> None:
+    async def wait_ready(self, timeout: float = 300.0) -> None:
+        """Big rule sets take a while to compile (and everything is slow under emulation)."""
         end = self._loop.time() + timeout
         while not all(w.ready for w in self._workers if not w.retiring):
             if self.fatal:

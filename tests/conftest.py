@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterator
 import os
 import pytest
 
-from oatest import Daemon, mount_tmpfs, need, start_daemon, umount
+from oatest import Daemon, need, start_daemon, tmpfs_mount
 
 
 @pytest.fixture
@@ -18,11 +18,8 @@ def root() -> None:
 
 @pytest.fixture
 def tmpfs(root: None) -> Iterator[Path]:
-    mnt = mount_tmpfs()
-    try:
+    with tmpfs_mount() as mnt:
         yield mnt
-    finally:
-        umount(mnt)
 
 
 @pytest.fixture

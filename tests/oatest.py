@@ -7,6 +7,8 @@ PID (SIGTERM, then SIGKILL); every workload that could block runs under a timeou
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import shutil
@@ -33,6 +35,16 @@ def need(condition: bool, what: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI=true but {what}", pytrace=False)
     pytest.skip(what)
+
+
+@contextlib.contextmanager
+def tmpfs_mount(size: str = "256m") -> Iterator[Path]:
+    """A tmpfs of the test's own: the only kind of filesystem tests put permission marks on."""
+    mnt = mount_tmpfs(size)
+    try:
+        yield mnt
+    finally:
+        umount(mnt)
 
 
 def mount_tmpfs(size: str = "256m") -> Path:
@@ -115,8 +127,13 @@ def _inline(table: dict[str, Any]) -> str:
     return "{" + ", ".join(f'"{k}" = {json.dumps(v)}' for k, v in table.items()) + "}"
 
 
+# Under TCG emulation (the BPF-LSM VM) a Python start-up takes seconds: the daemon and its
+# scan workers need far longer to get ready there.
+READY_TIMEOUT = 300.0 if os.environ.get("ONACCESS_IN_VM") == "1" else 60.0
+
+
 def start_daemon(watch: list[Path], state_dir: Path, settings: dict[str, Any] | None = None,
-                 timeout: float = 60.0) -> Daemon:
+                 timeout: float = READY_TIMEOUT) -> Daemon:
     state_dir.mkdir(parents=True, exist_ok=True)
     config = state_dir.parent / f"{state_dir.name}.toml"
     base: dict[str, Any] = {"bpf": "off", "rule_dirs": [], "log_file": str(state_dir / "onaccess.log")}

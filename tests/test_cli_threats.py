@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
-import subprocess
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +20,8 @@ from scanner.cliutil import CliError, common_options
 from scanner.quarantine import Quarantine
 from scanner.store import Store
 
-EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + b"EICAR-" + b"STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+from oatest import EICAR, tmpfs_mount
+
 
 
 @pytest.fixture(autouse=True)
@@ -31,20 +29,11 @@ def _root() -> None:
     assert os.geteuid() == 0, "these tests need root (tmpfs mounts, chown); run them as root"
 
 
-@contextlib.contextmanager
-def tmpfs(size: str = "16m") -> Iterator[Path]:
-    mnt = Path(tempfile.mkdtemp(prefix="onaccess-clitest-"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-        os.rmdir(mnt)
 
 
 @pytest.fixture
 def src() -> Iterator[Path]:
-    with tmpfs() as mnt:
+    with tmpfs_mount() as mnt:
         yield mnt
 
 

@@ -30,12 +30,11 @@ rule slow_quadratic {
 """
 
 
-def wait_until(predicate, timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached")
-        time.sleep(0.05)
+def slow_rules(tmp_path: Path) -> Path:
+    rules = tmp_path / "slow"
+    rules.mkdir()
+    (rules / "slow.yar").write_text(SLOW_RULE)
+    return rules
 
 
 def write_eicar(path: Path) -> None:
@@ -101,9 +100,7 @@ def test_modified_safe_file_is_rescanned(tmpfs: Path, daemon_factory) -> None:
 
 
 def test_slow_scan_answered_by_deadline_per_policy(tmpfs: Path, tmp_path: Path, daemon_factory) -> None:
-    rules = tmp_path / "slow"
-    rules.mkdir()
-    (rules / "slow.yar").write_text(SLOW_RULE)
+    rules = slow_rules(tmp_path)
     d = daemon_factory([tmpfs], {"bundled_rules": False, "rule_dirs": [str(rules)], "deadline": 0.5,
                                  "close_write_scan": False, "on_error": "deny"})
     big = tmpfs / "big"
@@ -116,9 +113,7 @@ def test_slow_scan_answered_by_deadline_per_policy(tmpfs: Path, tmp_path: Path, 
 
 
 def test_thousand_concurrent_opens_all_complete(tmpfs: Path, tmp_path: Path, daemon_factory) -> None:
-    rules = tmp_path / "slow"
-    rules.mkdir()
-    (rules / "slow.yar").write_text(SLOW_RULE)
+    rules = slow_rules(tmp_path)
     d = daemon_factory([tmpfs], {"bundled_rules": False, "rule_dirs": [str(rules)], "deadline": 1.0,
                                  "close_write_scan": False})
     files = tmpfs / "many"
@@ -144,9 +139,7 @@ def test_thousand_concurrent_opens_all_complete(tmpfs: Path, tmp_path: Path, dae
 
 
 def test_sigkill_releases_every_opener_and_restart_reuses_db(tmpfs: Path, tmp_path: Path) -> None:
-    rules = tmp_path / "slow"
-    rules.mkdir()
-    (rules / "slow.yar").write_text(SLOW_RULE)
+    rules = slow_rules(tmp_path)
     (rules / "eicar.yar").write_text((REPO / "rules" / "eicar.yar").read_text())
     state = tmp_path / "state"
     settings = {"bundled_rules": False, "rule_dirs": [str(rules)], "deadline": 30.0, "close_write_scan": False}
@@ -360,9 +353,7 @@ def test_without_bpf_lsm_the_daemon_warns_and_protects(tmpfs: Path, tmp_path: Pa
 
 
 def test_file_deleted_during_scan_still_gets_a_verdict(tmpfs: Path, tmp_path: Path, daemon_factory) -> None:
-    rules = tmp_path / "slow"
-    rules.mkdir()
-    (rules / "slow.yar").write_text(SLOW_RULE)
+    rules = slow_rules(tmp_path)
     d = daemon_factory([tmpfs], {"bundled_rules": False, "rule_dirs": [str(rules)], "deadline": 30.0,
                                  "close_write_scan": False, "log_level": "debug"})
     victim = tmpfs / "victim"
@@ -398,9 +389,7 @@ def test_empty_files_follow_the_rules_too(tmpfs: Path, tmp_path: Path, daemon_fa
 
 def test_background_backlog_is_bounded(tmpfs: Path, tmp_path: Path, daemon_factory) -> None:
     """An untar-sized burst: the backlog stays bounded, deleted files are skipped, nothing is lost."""
-    rules = tmp_path / "slow"
-    rules.mkdir()
-    (rules / "slow.yar").write_text(SLOW_RULE)
+    rules = slow_rules(tmp_path)
     (rules / "eicar.yar").write_text((REPO / "rules" / "eicar.yar").read_text())
     d = daemon_factory([tmpfs], {"bundled_rules": False, "rule_dirs": [str(rules)], "background_queue": 5})
     for i in range(40):

@@ -6,7 +6,6 @@ never matches a rule (the repo may sit on a watched filesystem).
 
 from __future__ import annotations
 
-import mmap
 import os
 import subprocess
 import sys

@@ -5,7 +5,6 @@ Runs as root (mounts tmpfs, chowns). Every mount is made by the test and unmount
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -13,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,9 +23,9 @@ import pytest
 from scanner.quarantine import CRASH_ENV, MAGIC, Quarantine, QuarantineError
 from scanner.store import Store
 
+from oatest import EICAR, tmpfs_mount
+
 REPO = Path(__file__).resolve().parent.parent
-# Built from parts so this test file is not itself a detection.
-EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + b"EICAR-" + b"STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
 
 @pytest.fixture(autouse=True)
@@ -35,21 +33,12 @@ def _root() -> None:
     assert os.geteuid() == 0, "quarantine tests need root (tmpfs mounts, chown); run them as root"
 
 
-@contextlib.contextmanager
-def mounted_tmpfs(size: str = "16m") -> Iterator[Path]:
-    mnt = Path(tempfile.mkdtemp(prefix="onaccess-qtest-"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-        os.rmdir(mnt)
 
 
 @pytest.fixture
 def src() -> Iterator[Path]:
     """The 'watched' filesystem the detected files live on."""
-    with mounted_tmpfs() as mnt:
+    with tmpfs_mount() as mnt:
         yield mnt
 
 
@@ -356,7 +345,7 @@ def test_full_disk_fails_cleanly(db_on_full_fs: bool, src: Path, tmp_path: Path)
     victim = src / "big"
     data = EICAR + os.urandom(2 << 20)
     before = write_file(victim, data)
-    with mounted_tmpfs("1m") as small:
+    with tmpfs_mount("1m") as small:
         db = (small if db_on_full_fs else tmp_path) / "verdicts.db"
         q = Quarantine(db, small / "quarantine")
         with pytest.raises(QuarantineError, match="quarantine storage is full.*original is left in place"):
@@ -606,7 +595,7 @@ def test_daemon_full_quarantine_disk_still_denies_and_keeps_original(src: Path, 
                                                                      daemon_factory) -> None:
     from oatest import try_open
 
-    with mounted_tmpfs("3m") as small:
+    with tmpfs_mount("3m") as small:
         d = daemon_factory([src], {"actions": ALL_QUARANTINE, "rule_dirs": [str(big_rule)]},
                            state_dir=small / "state")
         try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import json
-import mmap
 import os
 import shutil
 import subprocess
@@ -41,7 +40,9 @@ def daemons(tmp_path: Path, pins: Path) -> Iterator[list[Daemon]]:
 
 
 def start(daemons: list[Daemon], watch: Path, state: Path, pins: Path, **extra: object) -> Daemon:
-    d = start_daemon([watch], state, {"bpf": "require", "bpf_pin_dir": str(pins), **extra})
+    # One worker per lane: every extra Python process costs seconds under TCG.
+    settings = {"bpf": "require", "bpf_pin_dir": str(pins), "workers": 1, "background_workers": 1, **extra}
+    d = start_daemon([watch], state, settings)
     daemons.append(d)
     assert d.status()["mode"] == "bpf+fanotify"
     return d
