@@ -13,6 +13,8 @@ APT_PACKAGES=(
   qemu-system-x86 busybox-static kmod                   # the BPF-LSM VM for kernel tests
   yara util-linux e2fsprogs xfsprogs                    # test fixtures: loop/tmpfs mounts
   debootstrap dpkg-dev fakeroot rpm lintian systemd     # packaging and its tests
+  debhelper rpmlint systemd-container libssl-dev python3.11-venv python3.11-dev
+  linux-libc-dev groff-base
   file binutils
 )
 
@@ -68,8 +70,10 @@ case "${1:-}" in
     log "host tests"
     rc=0
     .venv/bin/python -m pytest -m "not kernel" "$@" || rc=$?
-    log "kernel tests in the BPF-LSM VM"
+    log "kernel tests in the BPF-LSM VM (Debian 6.1 kernel)"
     bash tests/vm/run || rc=$((rc ? rc : $?))
+    log "BPF object on the 6.11+ struct inode layout (Debian 6.12 backport kernel)"
+    ONACCESS_VM_KERNEL=6.12 bash tests/vm/run -k test_bpf_kernel || rc=$((rc ? rc : $?))
     exit "$rc"
     ;;
   setup)

@@ -283,10 +283,10 @@ def cmd_verdict(args: argparse.Namespace) -> int:
     try:
         from .control import ControlError, request
 
-        answer = request(cfg.socket_path, "kernel-view", timeout=5, path=os.fsdecode(args.path))
-        out["kernel"] = answer.get("kernel")
-    except ControlError:
-        out["kernel"] = "daemon not running"
+        answer = request(cfg.socket_path, "kernel-view", timeout=30, path=os.fsdecode(args.path))
+        out["kernel"] = answer.get("kernel") if answer.get("ok") else answer.get("error")
+    except ControlError as exc:
+        out["kernel"] = str(exc)
 
     def human() -> None:
         print(out["path"])

@@ -1,7 +1,9 @@
 """The daemon loop: read fanotify events, decide, answer, then record and act.
 
 Ownership of a permission event's fd, step by step (nothing else may answer or close it):
-  1. kernel -> `fanotify.read_events()`: the fd now belongs to this loop.
+  1. kernel -> `reader.EventReader` (a thread, the only reader of the group fd): it answers the
+     daemon's own accesses itself (allow, close) and hands every other event, fd included, to
+     the loop in one batch (`_deliver`). From then on the fd belongs to the loop.
   2. `_on_permission()` wraps it in a `Pending`; from here `_reply()` is the ONLY function that
      writes a response to the group fd and the only one that closes a permission fd. It runs
      once per `Pending` (the `answered` flag), on every path: verdict known, scan finished,
@@ -35,11 +37,14 @@ from typing import Any
 
 import structlog
 
-from . import engine, fanotify as fan
+# Everything the daemon may need is imported before any mark is placed (see reader.py).
+from . import control, engine, fanotify as fan, hooks
+from .quarantine import Quarantine
 from .config import Config
 from .scheduler import (PRIORITY_BACKGROUND, PRIORITY_PERMISSION, RulesSpec, ScanJob, ScanOutcome, ScanPool,
                         Skipped, WorkerFailure)
 from .stats import Stats
+from .reader import EventReader
 from .store import Store
 from .verdicts import Decision, Identity, Verdict, VerdictCache
 from .watches import Watches, Where, fd_path
@@ -100,8 +105,6 @@ class Daemon:
         except Exception as exc:
             raise DaemonError(str(exc)) from exc
         self.state = self._compile_rules()
-        from .quarantine import Quarantine
-
         # Every start finishes or rolls back half-done moves, whoever left them (daemon or CLI).
         self.quarantine = Quarantine(cfg.db_path, cfg.quarantine_dir)
         self.quarantine.recover()
@@ -166,11 +169,10 @@ class Daemon:
         except OSError as exc:
             os.close(self.group)
             raise DaemonError(f"cannot watch: {exc}") from exc
-        loop.add_reader(self.group, self._on_readable)
+        self.reader = EventReader(self.group, loop, self._deliver, self._own_pids)
+        self.reader.start()
         if self.watches.rename_group is not None:
             loop.add_reader(self.watches.rename_group, self._on_renames)
-        from . import control
-
         self.control = await control.serve(self.cfg.socket_path, self)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -205,7 +207,7 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         _sd_notify(b"STOPPING=1")
-        self.loop.remove_reader(self.group)
+        self.reader.stop()
         if self.watches.rename_group is not None:
             self.loop.remove_reader(self.watches.rename_group)
         # Everyone still waiting is answered now; the kernel would allow them anyway on close.
@@ -218,6 +220,7 @@ class Daemon:
         self.pool.stop()
         self._actions.shutdown(wait=True, cancel_futures=False)
         if self.kernel is not None:
+            self.loop.remove_reader(self.kernel.ring_fd())
             self.kernel.close()  # pins stay: enforcement outlives the daemon
         self.store.close()
         log.info("daemon_stopped", pid=self.pid)
@@ -244,6 +247,7 @@ class Daemon:
         seeded = self._seed_kernel()
         log.info("bpf_loaded", reused=self.kernel.reused, map_id=self.kernel.map_id, seeded=seeded)
         self.loop.add_reader(self.kernel.ring_fd(), self._on_kernel_blocks)
+        self._on_kernel_blocks()  # blocks made while no daemon was running
 
     def _seed_kernel(self) -> int:
         """Put every DANGEROUS verdict from SQLite into the map, for files still as they were."""
@@ -278,12 +282,10 @@ class Daemon:
                      pid=block.tgid, uid=block.uid, exe=block.comm)
 
     # --- reading events -------------------------------------------------------------------
-    def _on_readable(self) -> None:
-        try:
-            events = fan.read_events(self.group)
-        except OSError as exc:
-            log.error("fanotify_read_failed", error=str(exc))
-            return
+    def _own_pids(self) -> frozenset[int]:
+        return self.pool.pids | {self.pid}
+
+    def _deliver(self, events: list[fan.Event]) -> None:
         for ev in events:
             if ev.is_permission:
                 self._on_permission(ev)
@@ -311,7 +313,7 @@ class Daemon:
         p = Pending(ev.fd, ev.pid, kind, time.monotonic())
         self.pending.add(p)
         try:
-            if ev.pid == self.pid or ev.pid in self.pool.pids:
+            if ev.pid == self.pid or ev.pid in self.pool.pids:  # a worker the reader did not know yet
                 c.skipped_self += 1
                 self._reply(p, True, "self")
                 return
@@ -604,9 +606,7 @@ class Daemon:
                 except Exception as exc:
                     result["quarantine_error"] = str(exc)
             if self.cfg.on_detect:
-                from .hooks import run_hook
-
-                run_hook(self.cfg.on_detect, result, self.cfg.on_detect_timeout)
+                hooks.run_hook(self.cfg.on_detect, result, self.cfg.on_detect_timeout)
         finally:
             os.close(fd)
 
@@ -631,6 +631,7 @@ class Daemon:
             "cache_entries": len(self.cache),
             "bpf_map_id": self.kernel.map_id if self.kernel is not None else None,
             **self.stats.snapshot(),
+            "answered_own": self.reader.answered_self,
         }
 
     def kernel_view(self, path: bytes) -> dict[str, Any] | None:

@@ -108,7 +108,8 @@ class ScanPool:
         self.fatal: str | None = None
         self.respawns = 0
         self.in_flight: dict[tuple[int, int], ScanJob] = {}
-        self.pids: set[int] = set()
+        # Replaced, never mutated: the reader thread reads it without a lock.
+        self.pids: frozenset[int] = frozenset()
         for lane, size in self._sizes.items():
             for _ in range(size):
                 self._spawn(lane)
@@ -132,7 +133,7 @@ class ScanPool:
         parent.setblocking(False)
         worker = _Worker(proc, parent, lane, self._spec)
         self._workers.append(worker)
-        self.pids.add(proc.pid)
+        self.pids = self.pids | {proc.pid}
         self._loop.add_reader(parent.fileno(), self._on_answer, worker)
 
     async def wait_ready(self, timeout: float = 300.0) -> None:
@@ -161,7 +162,7 @@ class ScanPool:
             self._workers.remove(w)
         self._loop.remove_reader(w.sock.fileno())
         w.sock.close()  # the worker sees EOF and exits
-        self.pids.discard(w.proc.pid)
+        self.pids = self.pids - {w.proc.pid}
         self._loop.call_later(5.0, self._reap, w.proc)
 
     @staticmethod

@@ -78,6 +78,8 @@ class Store:
             conn.execute("PRAGMA journal_mode = WAL")
             # NORMAL: a power cut may lose the last verdicts (they are rescanned), never corrupt.
             conn.execute("PRAGMA synchronous = NORMAL")
+            # No temp files: they would land in /var/tmp, a watched filesystem (see reader.py).
+            conn.execute("PRAGMA temp_store = MEMORY")
             self._conn = conn
             self.db = sqlite_utils.Database(conn)
             self._migrate()

@@ -63,6 +63,13 @@ def umount(mnt: Path) -> None:
     shutil.rmtree(mnt, ignore_errors=True)
 
 
+# Under TCG emulation (the BPF-LSM VM) a Python start-up takes seconds: the daemon and its
+# scan workers need far longer to get ready there.
+IN_VM = os.environ.get("ONACCESS_IN_VM") == "1"
+READY_TIMEOUT = 300.0 if IN_VM else 60.0
+CLI_TIMEOUT = 180.0 if IN_VM else 30.0
+
+
 @dataclass
 class Daemon:
     proc: subprocess.Popen[bytes]
@@ -76,9 +83,9 @@ class Daemon:
     def pid(self) -> int:
         return self.proc.pid
 
-    def cli(self, *args: str | bytes, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str | bytes, check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
         cmd = [*ONACCESS, *map(os.fsdecode, args), "--state-dir", str(self.state_dir), "--config", str(self.config)]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout or CLI_TIMEOUT, cwd=REPO)
         if check and r.returncode not in (0, 1):
             raise AssertionError(f"{cmd} failed ({r.returncode}): {r.stderr}")
         return r
@@ -87,6 +94,8 @@ class Daemon:
         return json.loads(self.cli("status", "--json").stdout)
 
     def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
+        if IN_VM:
+            timeout *= 10
         end = time.monotonic() + timeout
         while True:
             s = self.status()
@@ -125,11 +134,6 @@ def write_config(path: Path, settings: dict[str, Any]) -> None:
 
 def _inline(table: dict[str, Any]) -> str:
     return "{" + ", ".join(f'"{k}" = {json.dumps(v)}' for k, v in table.items()) + "}"
-
-
-# Under TCG emulation (the BPF-LSM VM) a Python start-up takes seconds: the daemon and its
-# scan workers need far longer to get ready there.
-READY_TIMEOUT = 300.0 if os.environ.get("ONACCESS_IN_VM") == "1" else 60.0
 
 
 def start_daemon(watch: list[Path], state_dir: Path, settings: dict[str, Any] | None = None,
@@ -174,14 +178,15 @@ def try_open(path: Path | bytes) -> int:
     code = ("import os,sys\n"
             "try:\n os.close(os.open(sys.argv[1].encode('utf-8','surrogateescape'), os.O_RDONLY)); print(0)\n"
             "except OSError as e: print(e.errno)")
-    r = subprocess.run([sys.executable, "-c", code, os.fsdecode(path)], capture_output=True, timeout=15)
+    r = subprocess.run([sys.executable, "-c", code, os.fsdecode(path)], capture_output=True,
+                       timeout=120 if IN_VM else 15)
     return int(r.stdout.strip() or -1)
 
 
 def try_exec(path: Path) -> int:
     """0 if execve succeeds (the program itself may exit anything), else the errno."""
     try:
-        p = subprocess.run([str(path)], capture_output=True, timeout=15)
+        p = subprocess.run([str(path)], capture_output=True, timeout=120 if IN_VM else 15)
         return 0 if p.returncode is not None else -1
     except PermissionError as exc:
         return exc.errno

@@ -99,3 +99,24 @@ def test_run_fails_loudly_and_cleans_up_when_daemon_never_ready(tmp_path: Path) 
     started = [int(ln.split(" pid ")[1].split(":")[0]) for ln in cp.stderr.splitlines() if "started onaccess" in ln]
     assert started, cp.stderr
     _assert_nothing_left(mount, started)
+
+
+def test_peers_refuses_when_another_xfs_is_mounted(tmp_path: Path) -> None:
+    """fapolicyd's watch_fs=xfs would watch any other xfs too: the bench must not start."""
+    _need_root()
+    img, mnt = tmp_path / "other.img", tmp_path / "other"
+    mnt.mkdir()
+    with open(img, "wb") as f:
+        f.truncate(320 << 20)
+    subprocess.run(["mkfs.xfs", "-q", str(img)], check=True, timeout=120)
+    subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True, timeout=60)
+    try:
+        cp = _run(["bench/peers", "--smoke"], timeout=120)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True, timeout=60)
+    assert cp.returncode == 1, cp.stdout + cp.stderr
+    assert "another xfs filesystem is mounted" in cp.stderr
+    assert str(mnt) in cp.stderr
+    mount = [ln for ln in cp.stdout.splitlines() if ln.startswith("info: run_dir=")]
+    assert not mount, "the bench got as far as mounting its own filesystem"
+    assert not [ln for ln in Path("/proc/mounts").read_text().splitlines() if " xfs " in ln]

@@ -532,6 +532,7 @@ echo "capbnd=$(sed -n 's/^CapBnd:[[:space:]]*//p' /proc/$pid/status)"
 echo "nnp=$(sed -n 's/^NoNewPrivs:[[:space:]]*//p' /proc/$pid/status)"
 echo "seccomp=$(sed -n 's/^Seccomp:[[:space:]]*//p' /proc/$pid/status)"
 echo "own_mntns=$([ "$(readlink /proc/$pid/ns/mnt)" != "$(readlink /proc/1/ns/mnt)" ] && echo yes || echo no)"
+echo "exposure=$(systemd-analyze security onaccess.service --no-pager 2>/dev/null | sed -n 's/.*Overall exposure level for onaccess.service: *//p' | tr ' ' _)"
 cp /root/eicar.src /tmp/eicar.com
 if cat /tmp/eicar.com >/dev/null 2>/root/cat.err; then echo "eicar_read=allowed"; else echo "eicar_read=denied $(cat /root/cat.err)"; fi
 printf 'hello\n' > /tmp/clean.txt
@@ -580,12 +581,20 @@ umount "$root"
 """
 
 
+# watch=None (the package default: /tmp /var/tmp /dev/shm /home, the last three on the
+# container's root tmpfs, where the venv lives too) is safe here and is what a real install runs.
+# It is not in the list yet: with the daemon of 2026-11-22 it deadlocks on its own lazy import
+# (main thread in openat(".../scanner/__pycache__/control.cpython-311.pyc") after the marks are
+# set, before the loop answers). Add None once the daemon never opens a file on a marked
+# filesystem from the thread that answers.
 @pytest.mark.slow
-def test_unit_runs_hardened_under_systemd_in_a_container(built: Built, tmp_path: Path) -> None:
+@pytest.mark.parametrize("watch", [["/tmp"]], ids=["tmp-only"])
+def test_unit_runs_hardened_under_systemd_in_a_container(built: Built, tmp_path: Path, watch: list[str] | None
+                                                         ) -> None:
     """Boot the package's systemd (252) in systemd-nspawn on a tmpfs this test makes, with the
     unit as shipped: readiness, capabilities, seccomp, its own mount namespace, a real denial,
-    reload and stop. The daemon watches only the container's /tmp (nspawn's own tmpfs): the
-    fanotify marks can only ever reach filesystems made for this test."""
+    reload and stop. Every filesystem the daemon can mark is one made for this test (the
+    container's root tmpfs, nspawn's /tmp and /dev/shm)."""
     _need_tools()
     tarball = _pristine_root_tarball()
     inject = tmp_path / "in"
@@ -598,9 +607,11 @@ def test_unit_runs_hardened_under_systemd_in_a_container(built: Built, tmp_path:
     (inject / "etc/systemd/system/pkgtest-checks.service").write_text(CHECKS_UNIT)
     (inject / "etc/onaccess").mkdir(parents=True)
     shipped = (PACKAGING / "onaccess.toml").read_text()
-    (inject / "etc/onaccess/onaccess.toml").write_text(
-        shipped.replace('# watch = ["/tmp", "/var/tmp", "/dev/shm", "/home"]', 'watch = ["/tmp"]'))
-    assert 'watch = ["/tmp"]' in (inject / "etc/onaccess/onaccess.toml").read_text()
+    if watch is not None:
+        line = "watch = " + json.dumps(watch)
+        configured = shipped.replace('# watch = ["/tmp", "/var/tmp", "/dev/shm", "/home"]', line)
+        assert line in configured
+        (inject / "etc/onaccess/onaccess.toml").write_text(configured)
 
     root = tmp_path / "container"
     # Its own pid namespace too: when the script ends, the kernel kills everything left in it,
@@ -623,6 +634,9 @@ def test_unit_runs_hardened_under_systemd_in_a_container(built: Built, tmp_path:
     assert caps & ~allowed == 0, f"bounding set {caps:#x} exceeds the unit's {allowed:#x}"
     assert caps & (1 << UNIT_CAPS["CAP_SYS_ADMIN"]) and caps & (1 << UNIT_CAPS["CAP_DAC_READ_SEARCH"])
     assert report["nnp"] == "1" and report["seccomp"] == "2" and report["own_mntns"] == "yes", context
+    # systemd-analyze security: 0 = fully sandboxed, 10 = none; the unit scored 3.4 ("OK") on
+    # systemd 252. A rise means a hardening setting was lost.
+    assert float(report["exposure"].split("_")[0]) <= 3.6, context
     assert report["eicar_read"].startswith("denied") and "not permitted" in report["eicar_read"], context
     assert report["clean_read"] == "allowed" and report["clean_exec"] == "allowed", context
     assert report["status_rc"] == "0", (tmp_path / "status.json").read_text()

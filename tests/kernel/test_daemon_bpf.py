@@ -77,11 +77,11 @@ def test_warm_exec_of_safe_binary_skips_userspace(tmpfs: Path, tmp_path: Path, p
     prog = tmpfs / "true"
     shutil.copy("/bin/true", prog)
     d = start(daemons, tmpfs, tmp_path / "s", pins)
-    d.wait_for(lambda s: s["scans"] >= 1)
-    assert subprocess.run([str(prog)], timeout=10).returncode == 0
+    assert subprocess.run([str(prog)], timeout=60).returncode == 0  # scanned: SAFE, ignore mark
+    assert d.status()["scans"] == 1
     before = d.status()["perm_events"]
     for _ in range(100):
-        assert subprocess.run([str(prog)], timeout=10).returncode == 0
+        assert subprocess.run([str(prog)], timeout=60).returncode == 0
     assert d.status()["perm_events"] == before
 
 
@@ -91,12 +91,12 @@ def test_modified_files_go_back_to_userspace(tmpfs: Path, tmp_path: Path, pins: 
     shutil.copy("/bin/true", prog)
     bad = eicar_exe(tmpfs / "bad")
     d = start(daemons, tmpfs, tmp_path / "s", pins, close_write_scan=False)
-    assert subprocess.run([str(prog)], timeout=10).returncode == 0
+    assert subprocess.run([str(prog)], timeout=60).returncode == 0
     assert try_open(bad) == errno.EPERM
     scans = d.status()["scans"]
     with open(prog, "ab") as f:
         f.write(b"\0" * 8)
-    assert subprocess.run([str(prog)], timeout=10).returncode == 0
+    assert subprocess.run([str(prog)], timeout=60).returncode == 0
     assert d.status()["scans"] == scans + 1
     # The DANGEROUS file rewritten clean: truncate drops the kernel entry, then the new
     # content is scanned and allowed.
@@ -167,10 +167,11 @@ def test_restart_reuses_pins_and_unload_then_reseed(tmpfs: Path, tmp_path: Path,
     d2 = start(daemons, tmpfs, state, pins)
     assert d2.status()["bpf_map_id"] == map_id
     view = json.loads(d2.cli("verdict", "--json", str(bad)).stdout)
+    assert isinstance(view["kernel"], dict), view
     assert view["kernel"]["present"] and view["kernel"]["verdict"] == "dangerous"
     d2.stop()
     r = subprocess.run([*ONACCESS, "unload", "--json", "--state-dir", str(state), "--config", str(d2.config)],
-                       capture_output=True, text=True, timeout=30, cwd=REPO)
+                       capture_output=True, text=True, timeout=300, cwd=REPO)
     assert json.loads(r.stdout)["removed"] is True
     assert try_open(bad) == 0  # nothing enforces now (as after a reboot)
     d3 = start(daemons, tmpfs, state, pins)
