@@ -583,12 +583,8 @@ umount "$root"
 
 # watch=None (the package default: /tmp /var/tmp /dev/shm /home, the last three on the
 # container's root tmpfs, where the venv lives too) is safe here and is what a real install runs.
-# It is not in the list yet: with the daemon of 2026-11-22 it deadlocks on its own lazy import
-# (main thread in openat(".../scanner/__pycache__/control.cpython-311.pyc") after the marks are
-# set, before the loop answers). Add None once the daemon never opens a file on a marked
-# filesystem from the thread that answers.
 @pytest.mark.slow
-@pytest.mark.parametrize("watch", [["/tmp"]], ids=["tmp-only"])
+@pytest.mark.parametrize("watch", [["/tmp"], None], ids=["tmp-only", "package-defaults"])
 def test_unit_runs_hardened_under_systemd_in_a_container(built: Built, tmp_path: Path, watch: list[str] | None
                                                          ) -> None:
     """Boot the package's systemd (252) in systemd-nspawn on a tmpfs this test makes, with the
