@@ -139,9 +139,13 @@ class ScanPool:
     async def wait_ready(self, timeout: float = 300.0) -> None:
         """Big rule sets take a while to compile (and everything is slow under emulation)."""
         end = self._loop.time() + timeout
-        while not all(w.ready for w in self._workers if not w.retiring):
+        while True:
+            # fatal first: a worker that reported it has exited, and an empty pool is not "ready"
             if self.fatal:
                 raise WorkerFailure(self.fatal)
+            current = [w for w in self._workers if not w.retiring]
+            if current and all(w.ready for w in current):
+                return
             if self._loop.time() > end:
                 raise WorkerFailure(f"scan workers not ready after {timeout:.0f} s")
             await asyncio.sleep(0.02)
