@@ -412,6 +412,10 @@ class Workbench:
         self.w2dir = mnt / "w2"
         self.tarball: Path | None = None
         self._seq = 0
+        # Set by the caller while a daemon runs: waits for its deferred work on
+        # the files a workload just wrote, before they are deleted (a daemon
+        # that skips deleted files would otherwise be charged too little).
+        self.before_cleanup: Callable[[], object] | None = None
 
     def prepare(self, tarball: bool = True) -> None:
         self.target.parent.mkdir(parents=True, exist_ok=True)
@@ -451,6 +455,8 @@ class Workbench:
         return p
 
     def _remove(self, p: Path) -> None:
+        if self.before_cleanup is not None:
+            self.before_cleanup()
         sh(["timeout", "-k", "5", str(self.timeout), "rm", "-rf", str(p)], timeout=self.timeout + 30)
 
     def w1_exec(self, n: int | None = None) -> float:
@@ -550,6 +556,14 @@ def onaccess_argv(mnt: Path, state: Path, *extra: str) -> list[str]:
     if not exe.exists():
         raise BenchError(f"{exe} missing: run `bash setup.sh` first")
     return [str(exe), "run", "--watch", str(mnt), "--state-dir", str(state), *extra]
+
+
+STATUS_KEYS = ("mode", "perm_events", "scans", "cache_hits", "background_scans", "joined_scans",
+               "ignore_marks", "timeouts", "scan_errors", "denials", "queue_overflows", "latency", "error")
+
+
+def status_brief(st: dict) -> str:
+    return ", ".join(f"{k}={st[k]}" for k in STATUS_KEYS if k in st)
 
 
 def onaccess_status(state: Path) -> dict:

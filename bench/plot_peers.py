@@ -32,7 +32,7 @@ def main(src: str, dst: str) -> None:
         ys = [statistics.median(sc[n]["samples"][k]) / statistics.median(base[k]) for k in keys]
         xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(keys))]
         bars = ax.bar(xs, ys, width, label=sc[n]["label"], color=COLORS.get(n))
-        for b, y in zip(bars, ys):
+        for b, y in zip(bars, ys, strict=True):
             ax.annotate(f"×{y:.2f}" if y < 10 else f"×{y:.0f}", (b.get_x() + b.get_width() / 2, y),
                         ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
     ax.axhline(1.0, color="black", linewidth=0.8)
