@@ -34,3 +34,9 @@ def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     yield factory
     for d in started:
         d.stop()
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    """A state dir on the root filesystem (/tmp): another filesystem than the test's tmpfs."""
+    return tmp_path / "state"

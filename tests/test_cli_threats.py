@@ -20,26 +20,16 @@ from scanner.cliutil import CliError, common_options
 from scanner.quarantine import Quarantine
 from scanner.store import Store
 
-from oatest import EICAR, tmpfs_mount
+from oatest import EICAR
 
 
-
-@pytest.fixture(autouse=True)
-def _root() -> None:
-    assert os.geteuid() == 0, "these tests need root (tmpfs mounts, chown); run them as root"
-
-
+pytestmark = pytest.mark.usefixtures("root")
 
 
 @pytest.fixture
-def src() -> Iterator[Path]:
-    with tmpfs_mount() as mnt:
-        yield mnt
-
-
-@pytest.fixture
-def state(tmp_path: Path) -> Path:
-    return tmp_path / "state"
+def src(tmpfs: Path) -> Path:
+    """The 'watched' filesystem the detected files live on (a tmpfs of the test's own)."""
+    return tmpfs
 
 
 class Cli:

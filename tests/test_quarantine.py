@@ -16,7 +16,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -28,24 +27,13 @@ from oatest import EICAR, tmpfs_mount
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def _root() -> None:
-    assert os.geteuid() == 0, "quarantine tests need root (tmpfs mounts, chown); run them as root"
-
-
+pytestmark = pytest.mark.usefixtures("root")
 
 
 @pytest.fixture
-def src() -> Iterator[Path]:
-    """The 'watched' filesystem the detected files live on."""
-    with tmpfs_mount() as mnt:
-        yield mnt
-
-
-@pytest.fixture
-def state(tmp_path: Path) -> Path:
-    """A state dir on the root filesystem (/tmp), i.e. another filesystem than `src`."""
-    return tmp_path / "state"
+def src(tmpfs: Path) -> Path:
+    """The 'watched' filesystem the detected files live on (a tmpfs of the test's own)."""
+    return tmpfs
 
 
 def make_q(state: Path) -> Quarantine:
@@ -496,7 +484,6 @@ def test_restore_keeps_an_admins_own_allow_list_entry(src: Path, state: Path) ->
     store.allow_add(rec.sha256, reason="vendor test file")
     q.restore(rec.id)
     assert [e["reason"] for e in store.allow_list()] == ["vendor test file"]
-
 
 
 # --- with the daemon: the issue's acceptance, end to end ------------------------------------------
