@@ -9,7 +9,6 @@ and raises `CliError` for the user's mistakes.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 import stat
@@ -22,6 +21,7 @@ import structlog
 from . import log as log_mod
 from .cliutil import EXIT_OK, CliError, emit, load_config
 from .config import Config
+from .digest import sha256_fd
 from .quarantine import Quarantine, QuarantineError, QuarantineRecord
 from .store import Store, StoreError
 
@@ -231,8 +231,7 @@ def _hash_file(path: bytes) -> str:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise CliError(f"{_human_path(path)} is not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+        return sha256_fd(fd)
     finally:
         os.close(fd)
 

@@ -60,6 +60,7 @@ from typing import Any, Iterator, Sequence
 
 import structlog
 
+from .digest import sha256_fd
 from .store import Store, StoreError
 
 log = structlog.get_logger()
@@ -74,8 +75,6 @@ CRASH_POINTS = ("after-journal", "after-copy", "after-unlink",
 
 _DIR = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NO_SPACE = {28, 122}  # ENOSPC, EDQUOT
-# Store() migrates a fresh DB; two threads doing that at once would both try to create it.
-_OPEN_LOCK = threading.Lock()
 
 
 class QuarantineError(Exception):
@@ -214,8 +213,7 @@ class Quarantine:
         store = getattr(self._local, "store", None)
         if store is None:
             try:
-                with _OPEN_LOCK:
-                    store = Store(self.db_path)
+                store = Store(self.db_path)
             except StoreError as exc:
                 raise QuarantineError(str(exc)) from exc
             store.db.execute("PRAGMA synchronous = FULL")
@@ -750,11 +748,7 @@ class Quarantine:
         except OSError:
             return None
         try:
-            h, offset = hashlib.sha256(), 0
-            while chunk := os.pread(fd, CHUNK, offset):
-                h.update(chunk)
-                offset += len(chunk)
-            return h.hexdigest()
+            return sha256_fd(fd)
         finally:
             os.close(fd)
 

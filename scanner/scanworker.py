@@ -7,15 +7,15 @@ Scanning runs in processes, not threads, so the daemon's event loop never waits 
 by a scan, a crash inside libyara cannot take the daemon down, and background workers can run
 at a lower CPU priority without priority inversion.
 
-Wire format (SOCK_SEQPACKET): request = struct "=QdBQ" (job id, timeout s, want sha256,
-max size) with the fd in SCM_RIGHTS; answer = {"id", "rules", "sha256"} or {"id", "error",
-"kind": "timeout" | "oversize" | "error"}. The first message a worker sends is {"ready": n}
+Wire format (SOCK_SEQPACKET): request = struct "=QdQ" (job id, timeout s, max size) with the
+fd in SCM_RIGHTS; answer = {"id", "rules", "sha256"} or {"id", "error", "kind": "timeout" |
+"oversize" | "error"}. `sha256` is given when rules matched (the allow-list can only turn a
+match into SAFE), else null: hashing every clean file would cost more than scanning it. The first message a worker sends is {"ready": n}
 (or {"fatal": message} when its rules do not compile).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -24,28 +24,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REQUEST = struct.Struct("=QdBQ")
+from .digest import sha256_fd
+
+REQUEST = struct.Struct("=QdQ")
 
 
-def _sha256(fd: int) -> str:
-    h = hashlib.sha256()
-    offset = 0
-    while chunk := os.pread(fd, 1 << 20, offset):
-        h.update(chunk)
-        offset += len(chunk)
-    return h.hexdigest()
-
-
-def scan(rules: Any, fd: int, timeout: float, want_sha: bool, max_size: int) -> dict[str, Any]:
+def scan(rules: Any, fd: int, timeout: float, max_size: int) -> dict[str, Any]:
     from . import engine
 
     try:
         size = os.fstat(fd).st_size
         if size > max_size:
             return {"kind": "oversize", "error": f"file is {size} bytes, over max_file_size {max_size}"}
-        sha = _sha256(fd) if want_sha else None
         result = rules.match_fd(fd, timeout=timeout)
-        return {"rules": list(result.rule_names), "sha256": sha}
+        return {"rules": list(result.rule_names), "sha256": sha256_fd(fd) if result.matches else None}
     except engine.ScanTimeout as exc:
         return {"kind": "timeout", "error": str(exc)}
     except (engine.ScanError, OSError) as exc:
@@ -71,9 +63,9 @@ def main(argv: list[str]) -> int:
         if not data:
             return 0  # the daemon closed our socket: retire
         fd = fds[0] if fds else -1
-        job_id, timeout, want_sha, max_size = REQUEST.unpack(data)
+        job_id, timeout, max_size = REQUEST.unpack(data)
         try:
-            answer = scan(rules, fd, timeout, bool(want_sha), max_size) if fd >= 0 else {
+            answer = scan(rules, fd, timeout, max_size) if fd >= 0 else {
                 "kind": "error", "error": "no fd received"}
         finally:
             for f in fds:

@@ -75,7 +75,7 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
             conn.execute("PRAGMA busy_timeout = 5000")
-            conn.execute("PRAGMA journal_mode = WAL")
+            _switch_to_wal(conn)
             # NORMAL: a power cut may lose the last verdicts (they are rescanned), never corrupt.
             conn.execute("PRAGMA synchronous = NORMAL")
             # No temp files: they would land in /var/tmp, a watched filesystem (see reader.py).
@@ -83,6 +83,13 @@ class Store:
             self._conn = conn
             self.db = sqlite_utils.Database(conn)
             self._migrate()
+        except sqlite3.OperationalError as exc:
+            if not _is_locked(exc):
+                raise StoreError(
+                    f"verdict DB {self.path} is unusable ({exc}); move it aside to start with an empty one"
+                ) from exc
+            raise StoreError(f"verdict DB {self.path} stayed locked by another process for {LOCK_WAIT_S:.0f} s "
+                             "(nothing is wrong with it: try again)") from exc
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"verdict DB {self.path} is unusable ({exc}); move it aside to start with an empty one"
@@ -251,6 +258,28 @@ class Store:
             EventRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], tuple(json.loads(r[9])), r[10])
             for r in self._conn.execute(sql, args).fetchall()
         ]
+
+
+LOCK_WAIT_S = 5.0
+
+
+def _is_locked(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _switch_to_wal(conn: sqlite3.Connection) -> None:
+    """`PRAGMA journal_mode = WAL` on a DB that several processes open at once for the first
+    time (daemon start, CLI, quarantine threads): the switch fails with "database is locked"
+    at once instead of waiting out busy_timeout, so wait here."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _is_locked(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _split_sql(text: str) -> list[str]:
