@@ -559,7 +559,8 @@ def onaccess_argv(mnt: Path, state: Path, *extra: str) -> list[str]:
 
 
 STATUS_KEYS = ("mode", "perm_events", "scans", "cache_hits", "background_scans", "joined_scans",
-               "ignore_marks", "timeouts", "scan_errors", "denials", "queue_overflows", "latency", "error")
+               "ignore_marks", "answered_empty", "inline_scans", "answered_inline", "close_write_left",
+               "timeouts", "scan_errors", "denials", "queue_overflows", "latency", "error")
 
 
 def status_brief(st: dict) -> str:

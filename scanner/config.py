@@ -34,7 +34,13 @@ class Config:
     rule_dirs: tuple[Path, ...] = (DEFAULT_RULES_D,)
     engine: str = "yara"  # yara | boreal
     open_perm: bool = True  # FAN_OPEN_PERM as well as FAN_OPEN_EXEC_PERM: catches scripts
-    close_write_scan: bool = True
+    # Scan files as they are written, before their first open: "executables" (an x bit, or ELF,
+    # script or PE magic: what is likely to be run next), "all", or "off". Others are scanned
+    # at their first open.
+    close_write_scan: str = "executables"
+    # A written executable up to this size is scanned by the event reader itself, before its
+    # first exec can even be asked about (no worker round trip); 0: always in a worker process.
+    inline_scan_max: int = 64 * 1024
     deadline: float = 2.0  # seconds a permission event may wait for its answer
     on_error: str = "allow"  # answer on timeout / scan error / oversize: allow | deny
     max_file_size: int = 32 * 1024 * 1024
@@ -88,7 +94,9 @@ class Config:
 _PATH_TUPLES = {"watch", "rule_dirs", "exclude_paths", "exclude_exes"}
 _PATHS = {"state_dir", "bpf_pin_dir", "log_file"}
 _CHOICES = {"engine": ("yara", "boreal"), "on_error": ("allow", "deny"), "bpf": ("auto", "off", "require"),
-            "log_level": ("debug", "info", "warning", "error")}
+            "log_level": ("debug", "info", "warning", "error"), "close_write_scan": ("executables", "all", "off")}
+# Settings that were booleans once: the old spelling still means what it meant.
+_BOOL_CHOICES = {"close_write_scan": {True: "all", False: "off"}}
 
 
 def load(path: Path | None = None, **overrides: Any) -> Config:
@@ -129,6 +137,8 @@ def _convert(key: str, value: Any) -> Any:
     if key in _PATHS:
         return Path(value).absolute() if value not in (None, "") else None
     if key in _CHOICES:
+        if isinstance(value, bool) and key in _BOOL_CHOICES:
+            value = _BOOL_CHOICES[key][value]
         if value not in _CHOICES[key]:
             raise ValueError(f"must be one of {', '.join(_CHOICES[key])}, not {value!r}")
         return value
@@ -146,13 +156,17 @@ def _convert(key: str, value: Any) -> Any:
         if value <= 0:
             raise ValueError("must be positive")
         return value
+    if key == "inline_scan_max":
+        if isinstance(value, bool) or int(value) < 0:
+            raise ValueError("must be 0 (off) or a positive number of bytes")
+        return int(value)
     if key in ("max_file_size", "workers", "background_workers", "background_queue", "cache_size"):
         if isinstance(value, bool) or int(value) <= 0:
             raise ValueError("must be a positive integer")
         return int(value)
     if key == "exclude_uids":
         return tuple(int(v) for v in value)
-    if key in ("bundled_rules", "open_perm", "close_write_scan", "audit"):
+    if key in ("bundled_rules", "open_perm", "audit"):
         if not isinstance(value, bool):
             raise TypeError("must be true or false")
         return value

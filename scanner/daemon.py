@@ -1,9 +1,12 @@
 """The daemon loop: read fanotify events, decide, answer, then record and act.
 
 Ownership of a permission event's fd, step by step (nothing else may answer or close it):
-  1. kernel -> `reader.EventReader` (a thread, the only reader of the group fd): it answers the
-     daemon's own accesses itself (allow, close) and hands every other event, fd included, to
-     the loop in one batch (`_deliver`). From then on the fd belongs to the loop.
+  1. kernel -> `reader.EventReader` (a thread, the only reader of the group fd): it settles
+     what needs no verdict state itself (the daemon's own accesses, opens of empty files,
+     CLOSE_WRITE the scan policy skips: answer if needed, close), scans small written
+     executables itself (a clean one reaches the loop as a `Prescanned`, fd included, to be
+     recorded), and hands every other event, fd included, to the loop in one batch
+     (`_deliver`). From then on the fd belongs to the loop.
   2. `_on_permission()` wraps it in a `Pending`; from here `_reply()` is the ONLY function that
      writes a response to the group fd and the only one that closes a permission fd. It runs
      once per `Pending` (the `answered` flag), on every path: verdict known, scan finished,
@@ -44,12 +47,15 @@ from .config import Config
 from .scheduler import (PRIORITY_BACKGROUND, PRIORITY_PERMISSION, RulesSpec, ScanJob, ScanOutcome, ScanPool,
                         Skipped, WorkerFailure)
 from .stats import Stats
-from .reader import EventReader
+from .reader import EventReader, Item, Prescanned, Triage
 from .store import Store
 from .verdicts import Decision, Identity, Verdict, VerdictCache
 from .watches import Watches, Where, fd_path
 
 log = structlog.get_logger()
+
+RECORD_DELAY_S = 0.05  # SAFE verdicts wait at most this long for their SQLite transaction
+RECORD_BATCH = 512  # or until this many are waiting
 
 
 class DaemonError(Exception):
@@ -74,7 +80,7 @@ class RuleState:
     rules: engine.RuleSet
     generation: int
     # Whether this rule set flags a 0-byte file, computed once: every file created with
-    # O_CREAT is opened empty first, and this answers those opens without a worker round trip.
+    # O_CREAT is opened empty first, and the reader thread answers those opens when it does not.
     empty_is_dangerous: bool
     spec: RulesSpec
 
@@ -95,10 +101,14 @@ class Daemon:
         self.mode_reason = ""
         self.kernel: Any = None  # bpf.KernelVerdicts when the BPF LSM fast path is loaded
         self.started = time.time()
+        self._started_ns = time.time_ns()
+        self._debug = cfg.log_level == "debug"
         self._stop = asyncio.Event()
+        self._closed = False  # shutting down: events still queued on the loop are only closed
         self._allow_hashes: set[str] = set()
         self._allow_version = -1
         self._records: list[tuple[Verdict, bytes | None, str | None]] = []
+        self._record_timer: asyncio.TimerHandle | None = None
         self._actions = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="action")
         try:
             self.store = Store(cfg.db_path)
@@ -132,6 +142,7 @@ class Daemon:
         generation = self.store.rules_generation(rules.digest)
         changed = generation != self.state.generation
         self.state = RuleState.of(rules, generation, self.cfg.engine)
+        self.reader.triage = self._triage()
         if changed:
             self.pool.set_rules(self.state.spec)
             # SAFE verdicts of the old generation are void: the kernel must ask again.
@@ -158,7 +169,7 @@ class Daemon:
         mask = fan.FAN_OPEN_EXEC_PERM
         if self.cfg.open_perm:
             mask |= fan.FAN_OPEN_PERM
-        if self.cfg.close_write_scan:
+        if self.cfg.close_write_scan != "off":
             mask |= fan.FAN_CLOSE_WRITE
         self.group = self._init_group()
         self.watches = Watches(self.group, mask, self.cfg.watch, [*self.cfg.own_paths(), *self.cfg.exclude_paths])
@@ -169,7 +180,7 @@ class Daemon:
         except OSError as exc:
             os.close(self.group)
             raise DaemonError(f"cannot watch: {exc}") from exc
-        self.reader = EventReader(self.group, loop, self._deliver, self._own_pids)
+        self.reader = EventReader(self.group, loop, self._deliver, self._own_pids, self._triage(), self.watches)
         self.reader.start()
         if self.watches.rename_group is not None:
             loop.add_reader(self.watches.rename_group, self._on_renames)
@@ -207,6 +218,7 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         _sd_notify(b"STOPPING=1")
+        self._closed = True
         self.reader.stop()
         if self.watches.rename_group is not None:
             self.loop.remove_reader(self.watches.rename_group)
@@ -282,12 +294,26 @@ class Daemon:
                      pid=block.tgid, uid=block.uid, exe=block.comm)
 
     # --- reading events -------------------------------------------------------------------
+    def _triage(self) -> Triage:
+        state = self.state
+        return Triage(state.empty_is_dangerous, self.cfg.close_write_scan, state.rules, state.generation,
+                      self.cfg.inline_scan_max)
+
     def _own_pids(self) -> frozenset[int]:
         return self.pool.pids | {self.pid}
 
-    def _deliver(self, events: list[fan.Event]) -> None:
-        for ev in events:
-            if ev.is_permission:
+    def _deliver(self, items: list[Item]) -> None:
+        if self._closed:
+            # Handed on just before the reader stopped, run after the group was closed (which
+            # allowed them all): nothing may write to a closed - maybe reused - fd number.
+            for item in items:
+                if item.fd >= 0:
+                    os.close(item.fd)
+            return
+        for ev in items:
+            if isinstance(ev, Prescanned):
+                self._on_prescanned(ev)
+            elif ev.is_permission:
                 self._on_permission(ev)
             elif ev.overflow:
                 self.stats.counters.queue_overflows += 1
@@ -332,11 +358,6 @@ class Daemon:
                 self._reply(p, True, "excluded_process")
                 return
             identity = Identity.from_stat(st)
-            if st.st_size == 0 and not self.state.empty_is_dangerous:
-                # No ignore mark: a file opened empty is almost always being created and is
-                # written next, which would clear the mark again; two syscalls saved per file.
-                self._reply(p, True, "empty")
-                return
             verdict = self._known(identity)
             if verdict is not None:
                 c.cache_hits += 1
@@ -358,7 +379,10 @@ class Daemon:
     def _known(self, identity: Identity) -> Verdict | None:
         generation = self.state.generation
         verdict = self.cache.get(identity, generation)
-        if verdict is None:
+        # A file changed since this daemon started was judged, if at all, by this daemon, and
+        # the LRU still has it unless it evicted something: skip SQLite for every fresh file
+        # (only the daemon records verdicts; a clock stepped back costs a rescan, no more).
+        if verdict is None and (identity.ctime_ns <= self._started_ns or self.cache.evicted):
             verdict = self.store.lookup(identity, generation)
             if verdict is not None:
                 self.cache.put(verdict)
@@ -385,7 +409,7 @@ class Daemon:
         self.stats.counters.timeouts += 1
         allow = self.cfg.on_error == "allow"
         self._reply(p, allow, "deadline")
-        log.warning("scan_timeout", pid=p.pid, path=_decode(job.path), deadline_s=self.cfg.deadline,
+        log.warning("scan_timeout", pid=p.pid, path=_decode(_job_path(job)), deadline_s=self.cfg.deadline,
                     answer="allow" if allow else "deny", note="scan continues; its verdict is recorded")
 
     def _reply(self, p: Pending, allow: bool, reason: str, ignore: bool = False,
@@ -482,16 +506,30 @@ class Daemon:
             if not handed_on:
                 os.close(ev.fd)
 
+    def _on_prescanned(self, item: Prescanned) -> None:
+        """A written file the reader scanned clean (and ignore-marked): record it like a scan."""
+        try:
+            c = self.stats.counters
+            c.scans += 1
+            c.background_scans += 1
+            if item.generation != self.state.generation:
+                return  # judged under rules replaced meanwhile (its mark was taken back or flushed)
+            c.ignore_marks += item.marked
+            verdict = Verdict(item.identity, Decision.SAFE, item.generation)
+            self.cache.put(verdict)
+            self._queue_record(verdict, None, None)
+            if self.kernel is not None:
+                self._kernel_put(item.fd, verdict)
+        finally:
+            os.close(item.fd)
+
     # --- scanning -------------------------------------------------------------------------
     def _start_scan(self, identity: Identity, fd: int, path: bytes | None, kind: str, pid: int,
                     priority: int, owned: bool = False) -> ScanJob:
-        """Queue a scan. The job owns `fd` if `owned`, else a dup of it."""
+        """Queue a scan. The job owns `fd` if `owned`, else a dup of it. `path` may be None:
+        `_job_path` looks it up when something needs it (a readlink per clean file adds up)."""
         job_fd = fd if owned else os.dup(fd)
-        if path is None:
-            path = _safe_path(job_fd)
-        self._refresh_allowlist()
-        job = ScanJob(identity, job_fd, path, kind, pid, self.loop.create_future(), priority,
-                      want_sha=bool(self._allow_hashes))
+        job = ScanJob(identity, job_fd, path, kind, pid, self.loop.create_future(), priority)
         job.future.add_done_callback(lambda f: self._job_done(job, f))
         self.pool.submit(job)
         return job
@@ -517,18 +555,20 @@ class Daemon:
                 allow = self.cfg.on_error == "allow"
                 for p in waiters:
                     self._reply(p, allow, "scan_error")
-                log.warning("scan_error", path=_decode(job.path), kind=job.kind, error=str(exc),
+                log.warning("scan_error", path=_decode(_job_path(job)), kind=job.kind, error=str(exc),
                             answer="allow" if allow else "deny", timeout=isinstance(exc, engine.ScanTimeout))
                 return
             except Exception as exc:
                 c.scan_errors += 1
                 for p in waiters:
                     self._reply(p, self.cfg.on_error == "allow", "scan_error")
-                log.error("scan_error", path=_decode(job.path), kind=job.kind, error=repr(exc))
+                log.error("scan_error", path=_decode(_job_path(job)), kind=job.kind, error=repr(exc))
                 return
             c.scans += 1
             if job.priority == PRIORITY_BACKGROUND and not waiters:
                 c.background_scans += 1
+            if outcome.rules:  # only a match can be overruled by the allow-list: look at it now
+                self._refresh_allowlist()
             allowlisted = outcome.sha256 is not None and outcome.sha256 in self._allow_hashes
             decision = Decision.DANGEROUS if outcome.rules and not allowlisted else Decision.SAFE
             verdict = Verdict(job.identity, decision, outcome.generation, () if allowlisted else outcome.rules)
@@ -540,13 +580,18 @@ class Daemon:
             for p in waiters:  # answer first; record, log and act after
                 self._reply(p, safe, "scanned")
             self.cache.put(verdict)
-            self._queue_record(verdict, job.path, outcome.sha256)
+            # A SAFE row gets the path only if it is at hand: nothing reads it back (seeding the
+            # kernel and naming kernel blocks use DANGEROUS rows), and a readlink per clean file
+            # is a tenth of its cost.
+            self._queue_record(verdict, job.path if safe else _job_path(job), outcome.sha256)
             if self.kernel is not None:
                 self._kernel_put(job.fd, verdict)
             if safe:
-                # debug: a SAFE verdict per file is noise for a SIEM (and costs the loop time).
-                log.debug("scan_verdict", verdict="safe", path=_decode(job.path), kind=job.kind, pid=job.pid,
-                          allowlisted=allowlisted, waiters=len(waiters))
+                # debug only: a SAFE verdict per file is noise for a SIEM (and costs the loop time,
+                # so its arguments are not even built otherwise).
+                if self._debug:
+                    log.debug("scan_verdict", verdict="safe", path=_decode(_job_path(job)), kind=job.kind,
+                              pid=job.pid, allowlisted=allowlisted, waiters=len(waiters))
                 return
             action = self.cfg.actions.get(job.kind, "none")
             log.warning("scan_verdict", verdict="dangerous", path=_decode(job.path), kind=job.kind, pid=job.pid,
@@ -560,16 +605,23 @@ class Daemon:
                 os.close(job.fd)
 
     def _queue_record(self, verdict: Verdict, path: bytes | None, sha256: str | None) -> None:
-        """Verdicts of one loop iteration go to SQLite in one transaction, flushed right after it.
+        """Verdicts go to SQLite in batches: one transaction per RECORD_DELAY_S of SAFE verdicts
+        (a commit per file cost more loop time than the rest of the event); a DANGEROUS verdict
+        flushes the batch right after this loop iteration.
 
-        The LRU answers meanwhile; a SIGKILL loses at most that iteration's SAFE verdicts (they
+        The LRU answers meanwhile; a SIGKILL loses at most RECORD_DELAY_S of SAFE verdicts (they
         are rescanned), never a DANGEROUS one's denial, which the kernel already has.
         """
         self._records.append((verdict, path, sha256))
-        if len(self._records) == 1:
+        if verdict.dangerous or len(self._records) >= RECORD_BATCH:
             self.loop.call_soon(self._flush_records)
+        elif self._record_timer is None:
+            self._record_timer = self.loop.call_later(RECORD_DELAY_S, self._flush_records)
 
     def _flush_records(self) -> None:
+        if self._record_timer is not None:
+            self._record_timer.cancel()
+            self._record_timer = None
         records, self._records = self._records, []
         if records:
             self._db("record", self.store.record_many, records)
@@ -630,9 +682,19 @@ class Daemon:
             "scan_worker_respawns": self.pool.respawns,
             "cache_entries": len(self.cache),
             "bpf_map_id": self.kernel.map_id if self.kernel is not None else None,
-            **self.stats.snapshot(),
-            "answered_own": self.reader.answered_self,
+            **self._counters(),
         }
+
+    def _counters(self) -> dict[str, Any]:
+        """The loop's counters with the reader thread's folded in: one view for the admin."""
+        snap = self.stats.snapshot()
+        r = self.reader.counters
+        snap["perm_events"] += r.answered_empty + r.answered_inline
+        snap["allowed"] += r.answered_empty + r.answered_inline
+        snap.update(answered_own=r.answered_own, answered_empty=r.answered_empty,
+                    close_write_left=r.close_write_left, inline_scans=r.inline_scans,
+                    answered_inline=r.answered_inline, inline_disabled=r.inline_disabled)
+        return snap
 
     def kernel_view(self, path: bytes) -> dict[str, Any] | None:
         """What the BPF map holds for a file (None when there is no BPF fast path)."""
@@ -655,6 +717,13 @@ def _raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _job_path(job: ScanJob) -> bytes | None:
+    """The job's path, looked up on first need (the job's fd names the file even once deleted)."""
+    if job.path is None:
+        job.path = _safe_path(job.fd)
+    return job.path
 
 
 def _safe_path(fd: int) -> bytes | None:

@@ -146,8 +146,11 @@ def respond(group: int, fd: int, allow: bool, audit: bool = False) -> None:
     os.write(group, _RESPONSE.pack(fd, response))
 
 
-def read_events(group: int, bufsize: int = 65536) -> list[Event]:
-    """Drain what the group fd has now (non-blocking group). The caller owns every returned fd."""
+def read_events(group: int, bufsize: int = 65536, drain: bool = True) -> list[Event]:
+    """Drain what the group fd has now (non-blocking group). The caller owns every returned fd.
+
+    `drain=False`: one read() only, for a caller that polls before each call anyway (the read
+    that would only say EAGAIN is a syscall per event on a busy permission path)."""
     events: list[Event] = []
     while True:
         try:
@@ -159,6 +162,8 @@ def read_events(group: int, bufsize: int = 65536) -> list[Event]:
         if not data:
             return events
         events.extend(parse(data))
+        if not drain:
+            return events
 
 
 def parse(data: bytes) -> list[Event]:

@@ -10,7 +10,9 @@ Permission scans and background (CLOSE_WRITE) scans have workers of their own: p
 workers never take background work, and background workers run at nice 10, so an untar of
 thousands of files cannot crowd out an opener waiting for its answer. A permission event that
 joins a queued background job promotes it onto the permission queue; whichever worker takes it
-first runs it. Processes rather than threads: the event loop never waits for a GIL held by a
+first runs it; one a background worker already runs lends that worker nice 0 until it is done
+(else a niced scan would make the opener wait behind every busy process on the machine).
+Processes rather than threads: the event loop never waits for a GIL held by a
 scan, and a crash inside libyara costs one worker (respawned), never the daemon.
 """
 
@@ -37,6 +39,8 @@ log = structlog.get_logger()
 
 PRIORITY_PERMISSION = 0
 PRIORITY_BACKGROUND = 1
+BACKGROUND_NICE = 10
+BACKLOG_S = 0.05  # a background job queued longer than this is checked for deletion first
 _LANES = {PRIORITY_PERMISSION: "permission", PRIORITY_BACKGROUND: "background"}
 
 
@@ -77,8 +81,8 @@ class ScanJob:
     pid: int
     future: asyncio.Future[ScanOutcome]
     priority: int = PRIORITY_BACKGROUND
-    want_sha: bool = False
     started: bool = False
+    queued_at: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -91,6 +95,7 @@ class _Worker:
     ready: bool = False
     job: ScanJob | None = None
     retiring: bool = False
+    boosted: bool = False  # a background worker lent nice 0 for a job someone waits for
 
 
 class ScanPool:
@@ -125,13 +130,10 @@ class ScanPool:
             )
         finally:
             child.close()
-        if lane == PRIORITY_BACKGROUND:
-            try:
-                os.setpriority(os.PRIO_PROCESS, proc.pid, 10)
-            except OSError:
-                pass
         parent.setblocking(False)
         worker = _Worker(proc, parent, lane, self._spec)
+        if lane == PRIORITY_BACKGROUND:
+            _renice(worker, BACKGROUND_NICE)
         self._workers.append(worker)
         self.pids = self.pids | {proc.pid}
         self._loop.add_reader(parent.fileno(), self._on_answer, worker)
@@ -193,6 +195,9 @@ class ScanPool:
             log.error("scan_worker_failed", error=self.fatal)
         elif w.job is not None and msg.get("id") == w.job.extra.get("id"):
             job, w.job = w.job, None
+            if w.boosted:
+                w.boosted = False
+                _renice(w, BACKGROUND_NICE)
             self._resolve(job, msg, w.spec.generation)
             if w.retiring:
                 self._close(w)
@@ -231,17 +236,26 @@ class ScanPool:
         return job if job is not None and job.identity == identity else None
 
     def submit(self, job: ScanJob) -> None:
+        job.queued_at = self._loop.time()
         self.in_flight[job.identity.inode] = job
         job.future.add_done_callback(lambda _f: self._forget(job))
         self._queues[job.priority].append(job)
         self._dispatch()
 
     def promote(self, job: ScanJob) -> None:
-        """A background job someone now waits for: a permission worker may take it too."""
-        if job.priority > PRIORITY_PERMISSION and not job.started:
-            job.priority = PRIORITY_PERMISSION
+        """A background job someone now waits for: a permission worker may take it too, or,
+        if a background worker already runs it, that worker runs at nice 0 until it is done."""
+        if job.priority == PRIORITY_PERMISSION:
+            return
+        job.priority = PRIORITY_PERMISSION
+        if not job.started:
             self._queues[PRIORITY_PERMISSION].append(job)
             self._dispatch()
+            return
+        for w in self._workers:
+            if w.job is job and w.lane == PRIORITY_BACKGROUND and not w.boosted:
+                w.boosted = True
+                _renice(w, 0)
 
     def _forget(self, job: ScanJob) -> None:
         if self.in_flight.get(job.identity.inode) is job:
@@ -256,9 +270,11 @@ class ScanPool:
                 job = queue.popleft()
                 if job.started or job.future.done():
                     continue
-                if job.priority == PRIORITY_BACKGROUND and _deleted(job.fd):
+                if job.priority == PRIORITY_BACKGROUND and self._loop.time() - job.queued_at > BACKLOG_S \
+                        and _deleted(job.fd):
                     # Nobody can open it by name any more; scanning it would only keep its
-                    # space and its fd tied up behind an untar's backlog.
+                    # space and its fd tied up behind an untar's backlog. (A job that did not
+                    # wait is not asked: that fstat would cost more than it could save.)
                     job.future.set_exception(Skipped("deleted before its background scan"))
                     continue
                 self._send(w, job)
@@ -268,7 +284,7 @@ class ScanPool:
         job.started = True
         job.extra["id"] = next(self._ids)
         w.job = job
-        request = REQUEST.pack(job.extra["id"], self._timeout, job.want_sha, self._max_size)
+        request = REQUEST.pack(job.extra["id"], self._timeout, self._max_size)
         try:
             socket.send_fds(w.sock, [request], [job.fd])
         except OSError:
@@ -294,6 +310,13 @@ class ScanPool:
             except subprocess.TimeoutExpired:
                 w.proc.kill()
                 w.proc.wait()
+
+
+def _renice(w: _Worker, nice: int) -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, w.proc.pid, nice)
+    except OSError as exc:  # no CAP_SYS_NICE to lower it again: the scan still finishes
+        log.debug("renice_failed", pid=w.proc.pid, nice=nice, error=str(exc))
 
 
 def _deleted(fd: int) -> bool:

@@ -63,6 +63,9 @@ class VerdictCache:
     def __init__(self, capacity: int) -> None:
         self._capacity = max(1, capacity)
         self._entries: OrderedDict[tuple[int, int], Verdict] = OrderedDict()
+        # Until the first eviction, every verdict put here is still here: a miss is final for
+        # anything that only exists since this cache was made (see Daemon._known).
+        self.evicted = False
 
     def get(self, identity: Identity, generation: int) -> Verdict | None:
         verdict = self._entries.get(identity.inode)
@@ -79,12 +82,14 @@ class VerdictCache:
         self._entries.move_to_end(verdict.identity.inode)
         while len(self._entries) > self._capacity:
             self._entries.popitem(last=False)
+            self.evicted = True
 
     def forget(self, inode: tuple[int, int]) -> None:
         self._entries.pop(inode, None)
 
     def clear(self) -> None:
         self._entries.clear()
+        self.evicted = True
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -50,11 +50,24 @@ def _under(path: bytes, roots: tuple[bytes, ...]) -> bool:
     return any(path == r or path.startswith(r.rstrip(b"/") + b"/") for r in roots)
 
 
+def _dev_of(path: bytes) -> int | None:
+    """The filesystem a path is (or, not created yet, would be) on."""
+    while True:
+        try:
+            return os.stat(path).st_dev
+        except OSError:
+            parent = os.path.dirname(path)
+            if parent == path:
+                return None
+            path = parent
+
+
 @dataclass(frozen=True)
 class MarkedFs:
     dev: int
     root_fd: int  # an fd on the filesystem, for open_by_handle_at
     whole: bool  # a watched path is the filesystem's root: every event on it is watched
+    excludes: bool = False  # an exclude (the daemon's own state dir, say) lies on this filesystem
 
 
 class Watches:
@@ -94,6 +107,9 @@ class Watches:
                 self.filesystems[st.st_dev] = MarkedFs(st.st_dev, fd, whole)
             elif whole and not known.whole:
                 self.filesystems[st.st_dev] = MarkedFs(st.st_dev, known.root_fd, True)
+        exclude_devs = {_dev_of(e) for e in self.excludes}
+        for dev, fs in self.filesystems.items():
+            self.filesystems[dev] = MarkedFs(fs.dev, fs.root_fd, fs.whole, dev in exclude_devs)
         if any(not fs.whole for fs in self.filesystems.values()):
             self._start_rename_group()
         return missing
@@ -116,9 +132,10 @@ class Watches:
 
     # --- questions ------------------------------------------------------------------------
     def needs_path(self, dev: int) -> bool:
-        """False when every file on this filesystem is watched and nothing is excluded: skip readlink."""
+        """False when every file on this filesystem is watched and nothing on it is excluded:
+        then no readlink is needed to tell."""
         fs = self.filesystems.get(dev)
-        return fs is None or not fs.whole or bool(self.excludes)
+        return fs is None or not fs.whole or fs.excludes
 
     def classify(self, path: bytes) -> Where:
         if _under(path, self.excludes):

@@ -52,7 +52,10 @@ def test_eicar_denied_clean_binary_runs_and_verdicts_recorded(tmpfs: Path, daemo
     assert try_open(bad) == errno.EPERM
     assert subprocess.run([str(good)], timeout=10).returncode == 0
     db = sqlite3.connect(d.state_dir / "verdicts.db")
-    rows = dict(db.execute("SELECT ino, verdict FROM verdicts").fetchall())
+    end = time.monotonic() + 5  # SAFE verdicts reach SQLite in batches, within 50 ms
+    while len(rows := dict(db.execute("SELECT ino, verdict FROM verdicts").fetchall())) < 2 \
+            and time.monotonic() < end:
+        time.sleep(0.02)
     assert rows[bad.stat().st_ino] == "dangerous"
     assert rows[good.stat().st_ino] == "safe"
     out = json.loads(d.cli("verdict", "--json", str(bad)).stdout)
@@ -78,6 +81,46 @@ def test_close_write_scan_answers_first_exec_from_cache(tmpfs: Path, daemon_fact
     assert after["scans"] == s["scans"], "the exec caused a second scan"
     # Answered without a scan: either the kernel skipped it (ignore mark) or the cache did.
     assert after["perm_events"] == s["perm_events"] or after["cache_hits"] > s["cache_hits"]
+
+
+def test_written_executables_scanned_inline_and_threats_still_caught(tmpfs: Path, daemon_factory) -> None:
+    """A small written executable is scanned by the event reader: its exec needs no scan (and no
+    worker); one that matches is left to the workers and denied as ever."""
+    d = daemon_factory([tmpfs])
+    good = tmpfs / "tool"
+    shutil.copy("/bin/true", good)  # x bits copied: an executable by the close_write policy
+    s = d.wait_for(lambda s: s["background_scans"] >= 1)  # handed to the loop within HOLD_MS
+    assert s["scans"] == s["inline_scans"] == 1 and s["in_flight_scans"] == 0
+    assert subprocess.run([str(good)], timeout=10, check=False).returncode == 0
+    assert d.status()["scans"] == 1, "the exec caused a scan"
+    # A match is never decided inline: a worker scans the file again, the verdict is DANGEROUS.
+    bad = tmpfs / "dropper"
+    fd = os.open(bad, os.O_WRONLY | os.O_CREAT, 0o755)
+    os.write(fd, EICAR)
+    os.close(fd)
+    d.wait_for(lambda s: s["background_scans"] >= 2)
+    # No x bit and no executable magic when written: left to its first use, caught there.
+    late = tmpfs / "late"
+    late.write_bytes(EICAR)
+    d.wait_for(lambda s: s["close_write_left"] >= 1)
+    late.chmod(0o755)
+    assert try_exec(bad) == errno.EPERM and try_exec(late) == errno.EPERM
+    s = d.status()
+    assert s["inline_scans"] == 1 and s["inline_disabled"] == 0
+    assert s["denials"] >= 2 and s["scans"] == 3
+
+
+def test_slow_rules_turn_inline_scanning_off(tmpfs: Path, tmp_path: Path, daemon_factory) -> None:
+    rules = slow_rules(tmp_path)
+    d = daemon_factory([tmpfs], {"bundled_rules": False, "rule_dirs": [str(rules)], "deadline": 30.0})
+    for i in range(3):
+        f = tmpfs / f"x{i}"
+        f.write_bytes(b"\x7fELF" + b"\0" * 4000 + bytes([i]))  # ELF magic: an executable, 0644
+    # The first one took the reader over INLINE_SLOW_S: the rest went to the workers.
+    s = d.wait_for(lambda s: s["background_scans"] >= 3, timeout=120)
+    assert s["inline_disabled"] == 1 and s["inline_scans"] == 1
+    events = [e for e in d.log_events() if e["event"] == "inline_scan_disabled"]
+    assert len(events) == 1 and events[0]["seconds"] > 0.01
 
 
 def test_modified_safe_file_is_rescanned(tmpfs: Path, daemon_factory) -> None:
@@ -391,7 +434,8 @@ def test_background_backlog_is_bounded(tmpfs: Path, tmp_path: Path, daemon_facto
     """An untar-sized burst: the backlog stays bounded, deleted files are skipped, nothing is lost."""
     rules = slow_rules(tmp_path)
     (rules / "eicar.yar").write_text((REPO / "rules" / "eicar.yar").read_text())
-    d = daemon_factory([tmpfs], {"bundled_rules": False, "rule_dirs": [str(rules)], "background_queue": 5})
+    d = daemon_factory([tmpfs], {"bundled_rules": False, "rule_dirs": [str(rules)], "background_queue": 5,
+                                 "close_write_scan": "all"})
     for i in range(40):
         (tmpfs / f"f{i}").write_bytes(b"\0" * 3000 + bytes([i]))
     s = d.wait_for(lambda s: s["background_dropped"] > 0)

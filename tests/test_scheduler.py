@@ -56,15 +56,31 @@ def test_lanes_promotion_and_crash_recovery(tmp_path: Path) -> None:
             assert not busy.future.done() and not waiting_bg.future.done()
             pool.promote(waiting_bg)
             assert (await asyncio.wait_for(waiting_bg.future, 20)).rules == ()
+            # Someone now waits for the running background scan: its worker leaves nice 10.
+            bg_pid = next(w.proc.pid for w in pool._workers if w.job is busy)
+            assert os.getpriority(os.PRIO_PROCESS, bg_pid) == 10
+            pool.promote(busy)
+            assert os.getpriority(os.PRIO_PROCESS, bg_pid) == 0
             # Kill the background worker in the middle of its slow scan: the job fails, a new
             # worker takes its place.
-            bg_pid = next(w.proc.pid for w in pool._workers if w.job is busy)
             os.kill(bg_pid, signal.SIGKILL)
             with pytest.raises(engine.ScanError, match="died"):
                 await asyncio.wait_for(busy.future, 20)
             assert pool.respawns == 1 and bg_pid not in pool.pids
             await pool.wait_ready()
             assert pool.workers() == {"permission": 1, "background": 1}
+            # A boosted worker goes back to nice 10 once the job it was lent for is done.
+            medium = tmp_path / "medium.bin"
+            medium.write_bytes(b"\0" * 1500)
+            lent = _job(loop, medium, PRIORITY_BACKGROUND)
+            jobs.append(lent)
+            pool.submit(lent)
+            assert lent.started
+            bg_pid = next(w.proc.pid for w in pool._workers if w.job is lent)
+            pool.promote(lent)
+            assert os.getpriority(os.PRIO_PROCESS, bg_pid) == 0
+            assert (await asyncio.wait_for(lent.future, 60)).rules == ()
+            assert os.getpriority(os.PRIO_PROCESS, bg_pid) == 10
             # New rules: later results carry the new generation.
             pool.set_rules(RulesSpec((str(bundled_rules_dir() / "eicar.yar"),), "boreal", 2))
             await pool.wait_ready()

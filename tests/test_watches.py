@@ -68,3 +68,22 @@ def test_ignore_and_unignore(tmpfs: Path, features: fan.Features) -> None:
         os.close(fd)
         w.close()
         os.close(group)
+
+
+def test_path_needed_only_where_a_subtree_or_exclude_lies(tmpfs: Path, tmp_path: Path) -> None:
+    """On a filesystem watched whole, a readlink per event is needed only if an exclude lies on it."""
+    group = fan.init(fan.FAN_CLASS_CONTENT | fan.FAN_CLOEXEC | fan.FAN_NONBLOCK)
+    dev = tmpfs.stat().st_dev
+    try:
+        # An exclude elsewhere (the daemon's state dir on the root fs, say) changes nothing here.
+        w = Watches(group, fan.FAN_OPEN_PERM, (tmpfs,), [tmp_path / "state" / "not-yet"], MODERN)
+        w.mark_all()
+        assert not w.needs_path(dev)
+        w.close()
+        (tmpfs / "skip").mkdir()
+        w = Watches(group, fan.FAN_OPEN_PERM, (tmpfs,), [tmpfs / "skip" / "later"], MODERN)
+        w.mark_all()
+        assert w.needs_path(dev) and w.classify(os.fsencode(tmpfs / "skip" / "later" / "x")) is Where.EXCLUDED
+        w.close()
+    finally:
+        os.close(group)
