@@ -10,8 +10,9 @@ at a lower CPU priority without priority inversion.
 Wire format (SOCK_SEQPACKET): request = struct "=QdQ" (job id, timeout s, max size) with the
 fd in SCM_RIGHTS; answer = {"id", "rules", "sha256"} or {"id", "error", "kind": "timeout" |
 "oversize" | "error"}. `sha256` is given when rules matched (the allow-list can only turn a
-match into SAFE), else null: hashing every clean file would cost more than scanning it. The first message a worker sends is {"ready": n}
-(or {"fatal": message} when its rules do not compile).
+match into SAFE), else null: hashing every clean file would cost more than scanning it. The
+first message a worker sends is {"ready": n} (or {"fatal": message} when its rules do not
+compile).
 """
 
 from __future__ import annotations

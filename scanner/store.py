@@ -83,14 +83,10 @@ class Store:
             self._conn = conn
             self.db = sqlite_utils.Database(conn)
             self._migrate()
-        except sqlite3.OperationalError as exc:
-            if not _is_locked(exc):
-                raise StoreError(
-                    f"verdict DB {self.path} is unusable ({exc}); move it aside to start with an empty one"
-                ) from exc
-            raise StoreError(f"verdict DB {self.path} stayed locked by another process for {LOCK_WAIT_S:.0f} s "
-                             "(nothing is wrong with it: try again)") from exc
         except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and _is_locked(exc):
+                raise StoreError(f"verdict DB {self.path} stayed locked by another process for "
+                                 f"{LOCK_WAIT_S:.0f} s (nothing is wrong with it: try again)") from exc
             raise StoreError(
                 f"verdict DB {self.path} is unusable ({exc}); move it aside to start with an empty one"
             ) from exc
