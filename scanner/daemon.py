@@ -444,15 +444,12 @@ class Daemon:
         self.stats.latency(time.monotonic() - p.arrived)
 
     def _ignore(self, fd: int, survive_writes: bool, identity: Identity | None = None) -> None:
-        """Add an ignore mark; for a SAFE verdict only if the file is still what was judged.
-
-        The mark goes on first and the identity is checked after: a write before the mark is
-        seen here (and the mark taken back), a write after it clears the mark in the kernel.
-        """
+        """Add an ignore mark; for a SAFE verdict (`identity`) only if the file is still what
+        was judged (`Watches.ignore_unchanged`)."""
         try:
-            self.watches.ignore(fd, survive_writes)
-            if identity is not None and Identity.from_stat(os.fstat(fd)) != identity:
-                self.watches.unignore(fd)
+            if identity is None:
+                self.watches.ignore(fd, survive_writes)
+            elif not self.watches.ignore_unchanged(fd, identity):
                 return
             self.stats.counters.ignore_marks += 1
         except OSError as exc:
@@ -515,11 +512,7 @@ class Daemon:
             if item.generation != self.state.generation:
                 return  # judged under rules replaced meanwhile (its mark was taken back or flushed)
             c.ignore_marks += item.marked
-            verdict = Verdict(item.identity, Decision.SAFE, item.generation)
-            self.cache.put(verdict)
-            self._queue_record(verdict, None, None)
-            if self.kernel is not None:
-                self._kernel_put(item.fd, verdict)
+            self._remember(Verdict(item.identity, Decision.SAFE, item.generation), item.fd, None, None)
         finally:
             os.close(item.fd)
 
@@ -579,13 +572,10 @@ class Daemon:
                 self._ignore(job.fd, survive_writes=False, identity=job.identity)
             for p in waiters:  # answer first; record, log and act after
                 self._reply(p, safe, "scanned")
-            self.cache.put(verdict)
             # A SAFE row gets the path only if it is at hand: nothing reads it back (seeding the
             # kernel and naming kernel blocks use DANGEROUS rows), and a readlink per clean file
             # is a tenth of its cost.
-            self._queue_record(verdict, job.path if safe else _job_path(job), outcome.sha256)
-            if self.kernel is not None:
-                self._kernel_put(job.fd, verdict)
+            self._remember(verdict, job.fd, job.path if safe else _job_path(job), outcome.sha256)
             if safe:
                 # debug only: a SAFE verdict per file is noise for a SIEM (and costs the loop time,
                 # so its arguments are not even built otherwise).
@@ -603,6 +593,13 @@ class Daemon:
         finally:
             if not fd_handed_on:
                 os.close(job.fd)
+
+    def _remember(self, verdict: Verdict, fd: int, path: bytes | None, sha256: str | None) -> None:
+        """A new verdict, after its answers: the LRU, SQLite (batched) and the BPF map."""
+        self.cache.put(verdict)
+        self._queue_record(verdict, path, sha256)
+        if self.kernel is not None:
+            self._kernel_put(fd, verdict)
 
     def _queue_record(self, verdict: Verdict, path: bytes | None, sha256: str | None) -> None:
         """Verdicts go to SQLite in batches: one transaction per RECORD_DELAY_S of SAFE verdicts

@@ -190,14 +190,16 @@ class EventReader(threading.Thread):
             return None
         if not ev.mask & fan.FAN_CLOSE_WRITE:
             return ev
-        executable = looks_executable(ev.fd, st.st_mode)
-        if triage.close_write == "executables" and not executable:
+        inline = 0 < st.st_size <= triage.inline_max
+        if triage.close_write != "executables" and not inline:
+            return ev  # nothing here depends on what the file looks like: skip the pread
+        if not looks_executable(ev.fd, st.st_mode):
+            if triage.close_write != "executables":
+                return ev
             self.counters.close_write_left += 1
             os.close(ev.fd)
             return None
-        if executable and 0 < st.st_size <= triage.inline_max:
-            return self._prescan(ev, st, triage) or ev
-        return ev
+        return (self._prescan(ev, st, triage) or ev) if inline else ev
 
     def _prescan(self, ev: fan.Event, st: os.stat_result, triage: Triage) -> Prescanned | None:
         """Scan a small written executable here; a `Prescanned` if clean, None to hand `ev` on."""
@@ -227,14 +229,9 @@ class EventReader(threading.Thread):
         self.counters.inline_scans += 1
         marked = False
         try:
-            # As Daemon._ignore: mark first, then check nothing changed meanwhile. A rules
-            # reload replaces the triage before it flushes the marks, so a mark made under the
-            # old rules is either flushed by it or taken back here.
-            watches.ignore(ev.fd, survive_writes=False)
-            marked = True
-            if Identity.from_stat(os.fstat(ev.fd)) != identity or self.triage is not triage:
-                watches.unignore(ev.fd)
-                marked = False
+            # A rules reload replaces the triage before it flushes the marks, so a mark made
+            # under the old rules is either flushed by it or taken back here.
+            marked = watches.ignore_unchanged(ev.fd, identity, lambda: self.triage is triage)
         except OSError as exc:
             log.debug("ignore_mark_failed", error=str(exc))
         if marked:

@@ -21,10 +21,12 @@ import struct
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Callable
 
 import structlog
 
 from . import fanotify as fan
+from .verdicts import Identity
 
 log = structlog.get_logger()
 
@@ -156,6 +158,19 @@ class Watches:
                 raise
             self.unignore(fd)
             fan.mark(self.group, flags, self.ignore_mask, None, fd)
+
+    def ignore_unchanged(self, fd: int, identity: Identity, still_valid: Callable[[], bool] = lambda: True) -> bool:
+        """Ignore-mark a file judged SAFE, unless it is no longer what was judged; True if marked.
+
+        The mark goes on first and the identity is checked after: a write before the mark is
+        seen here (and the mark taken back), a write after it clears the mark in the kernel.
+        `still_valid` is asked after the mark too (the verdict's rules may have been replaced).
+        """
+        self.ignore(fd, survive_writes=False)
+        if Identity.from_stat(os.fstat(fd)) != identity or not still_valid():
+            self.unignore(fd)
+            return False
+        return True
 
     def unignore(self, fd: int, name: bytes | None = None) -> None:
         try:
